@@ -1,0 +1,90 @@
+"""GPU catalog: memory as the runtime reports it, bandwidth, compute, node labels, price."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import EstimatorError, UnknownGPU
+
+GIB = 1 << 30
+
+
+class GPUType(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    memory_gib: float = Field(gt=0)
+    bandwidth_gbps: float = Field(gt=0)
+    bf16_tflops: float = Field(gt=0)
+    fp8: bool = False
+    vendor: str = "nvidia"
+    resource_name: str = "nvidia.com/gpu"
+    product_label_key: str = "nvidia.com/gpu.product"
+    product_labels: tuple[str, ...] = ()
+    price_per_hour: float = Field(ge=0)
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * GIB)
+
+
+class GPUCatalog(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    gpus: tuple[GPUType, ...]
+
+    def names(self) -> list[str]:
+        return [g.name for g in self.gpus]
+
+    def get(self, name: str) -> GPUType:
+        key = name.strip().lower()
+        for g in self.gpus:
+            if g.name.lower() == key or key in (lbl.lower() for lbl in g.product_labels):
+                return g
+        raise UnknownGPU(name, self.names())
+
+    def by_product_label(self, label: str) -> GPUType | None:
+        for g in self.gpus:
+            if label in g.product_labels:
+                return g
+        return None
+
+    def with_prices(self, prices: dict[str, float]) -> GPUCatalog:
+        updated = [g.model_copy(update={"price_per_hour": prices[g.name]}) if g.name in prices else g
+                   for g in self.gpus]
+        return GPUCatalog(gpus=tuple(updated))
+
+
+def parse_catalog(text: str, source: str = "GPU catalog") -> GPUCatalog:
+    try:
+        data = yaml.safe_load(text)
+        return GPUCatalog.model_validate(data)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise EstimatorError(f"{source} is invalid: {exc}") from None
+
+
+@cache
+def default_catalog() -> GPUCatalog:
+    text = resources.files("kvscale.estimator").joinpath("catalog/gpus.yaml").read_text()
+    return parse_catalog(text, "built-in GPU catalog")
+
+
+def load_catalog(path: str | Path | None) -> GPUCatalog:
+    if path is None:
+        return default_catalog()
+    p = Path(path)
+    if not p.is_file():
+        raise EstimatorError(f"--gpu-catalog {path}: no such file")
+    return parse_catalog(p.read_text(), str(p))
+
+
+def custom_gpu(memory_gib: float) -> GPUType:
+    """A card outside the catalog, known only by the memory vLLM sees."""
+    if memory_gib <= 0:
+        raise EstimatorError(f"--gpu-memory-gib must be positive, got {memory_gib}")
+    return GPUType(name=f"custom-{memory_gib:g}GiB", memory_gib=memory_gib, bandwidth_gbps=1000,
+                   bf16_tflops=100, fp8=True, price_per_hour=0.0)
