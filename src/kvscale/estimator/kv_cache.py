@@ -48,10 +48,12 @@ class LayerPage:
         return self.state_bytes if self.state_bytes else self.bytes_per_token * block_size
 
 
-def layer_pages(spec: ModelSpec, tp: int, kv_cache_dtype: str, layers: range | None = None) -> list[LayerPage]:
+def layer_pages(spec: ModelSpec, tp: int, kv_cache_dtype: str, layers: range | None = None,
+                ssm_cache_dtype: str = "auto") -> list[LayerPage]:
     """Per-GPU cache spec of each layer (of one pipeline stage when ``layers`` is given)."""
     kvb = kv_dtype_bytes(spec, kv_cache_dtype)
     sb = model_dtype_bytes(spec)
+    ssm_state_bytes = DTYPE_BYTES.get(ssm_cache_dtype) or sb
     kv_heads = max(1, spec.num_kv_heads // tp)  # replicated once kv_heads < tp
     attn = 2 * kv_heads * spec.head_dim * kvb
     out: list[LayerPage] = []
@@ -74,7 +76,9 @@ def layer_pages(spec: ModelSpec, tp: int, kv_cache_dtype: str, layers: range | N
                 groups = m.n_groups + (0 if m.n_groups % tp == 0 else tp - m.n_groups)
                 conv = (m.inner + 2 * groups * m.state_size) // tp * (m.conv_kernel - 1)
                 ssm = prod((m.num_heads // tp, m.head_dim, m.state_size))
-            ssm_bytes = 4 if spec.model_type.startswith("nemotron") else sb  # vLLM keeps NemotronH SSM in fp32
+            # vLLM keeps NemotronH SSM state in fp32 unless told otherwise
+            ssm_bytes = ssm_state_bytes if ssm_cache_dtype != "auto" else (
+                4 if spec.model_type.startswith("nemotron") else sb)
             out.append(LayerPage(kind, state_bytes=conv * sb + ssm * ssm_bytes))
         elif kind is Mixer.LINEAR:
             assert spec.linear is not None
@@ -82,7 +86,8 @@ def layer_pages(spec: ModelSpec, tp: int, kv_cache_dtype: str, layers: range | N
             conv_dim = 2 * la.num_key_heads * la.key_head_dim + la.num_value_heads * la.value_head_dim
             conv = conv_dim // tp * (la.conv_kernel - 1)
             state = (la.num_value_heads // tp) * la.value_head_dim * la.key_head_dim
-            out.append(LayerPage(kind, state_bytes=(conv + state) * sb))
+            state_b = ssm_state_bytes if ssm_cache_dtype != "auto" else sb
+            out.append(LayerPage(kind, state_bytes=conv * sb + state * state_b))
     return out
 
 

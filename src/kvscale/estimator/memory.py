@@ -26,10 +26,10 @@ DEFAULT_BLOCK_SIZE = 16
 VOCAB_PADDING = 64
 
 # Calibrated overheads (see module docstring)
-CUDA_GRAPH_BASE_BYTES = 0.25 * GIB  # graph pool at the default capture sizes
-CUDA_GRAPH_PER_LAYER_BYTES = 6 * MIB
-NON_TORCH_BASE_BYTES = 0.15 * GIB  # cuBLAS workspaces, allocator slack
-NCCL_BYTES = 0.45 * GIB  # communicators + custom all-reduce buffers when TP > 1
+CUDA_GRAPH_BASE_BYTES = 0.6 * GIB  # graph pool at the default capture sizes (1..512)
+CUDA_GRAPH_PER_LAYER_BYTES = 18 * MIB
+NON_TORCH_BASE_BYTES = 0.10 * GIB  # cuBLAS workspaces, allocator slack
+NCCL_BYTES = 0.33 * GIB  # communicators + custom all-reduce buffers when TP > 1
 
 
 class ServingConfig(BaseModel):
@@ -50,6 +50,7 @@ class ServingConfig(BaseModel):
     async_scheduling: bool = True
     kv_cache_memory_bytes: int | None = Field(default=None, gt=0)  # fixed KV space (CPU backend)
     num_gpu_blocks_override: int | None = Field(default=None, gt=0)
+    ssm_cache_dtype: str = "auto"  # Mamba/linear-attention state dtype ("float32" on vLLM's CPU backend)
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:
@@ -77,6 +78,7 @@ class MemoryEstimate(BaseModel):
     max_concurrency: float
     max_model_len: int
     kv_bytes_per_token: float  # effective, at max_model_len, for one request
+    kv_groups: int  # KV cache groups of the hybrid allocator (1 for uniform models)
     max_num_batched_tokens: int
     max_num_seqs: int
     total_params: int
@@ -178,11 +180,12 @@ def activation_peak(spec: ModelSpec, tp: int, tokens: int, seqs: int) -> int:
     if spec.mla is None:
         qkv = (spec.num_attention_heads + 2 * max(1, spec.num_kv_heads)) * spec.head_dim // tp
         per_token = max(per_token, (4 * h + 2 * qkv) * act)
-    logits = seqs * cdiv(spec.vocab_size, tp) * 4 * 2  # fp32 logits and their softmax
+    logits = seqs * spec.vocab_size * 4  # fp32 logits, gathered to the full vocabulary on every rank
     return int(tokens * per_token + logits)
 
 
-def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig) -> MemoryEstimate:
+def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig,
+             params: ParamBreakdown | None = None) -> MemoryEstimate:
     tp, pp = cfg.tensor_parallel_size, cfg.pipeline_parallel_size
     check_parallelism(spec, tp, pp)
     max_len = cfg.max_model_len or spec.max_position_embeddings
@@ -193,7 +196,7 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig) -> MemoryEstimat
     seqs = cfg.max_num_seqs or d_seqs
     tokens = cfg.max_num_batched_tokens or d_tokens
     tokens = min(tokens, seqs * max_len)
-    params = count_params(spec)
+    params = params or count_params(spec)
     weights = weights_per_gpu(spec, params, cfg.quantization, tp, pp)
     activation = activation_peak(spec, tp, tokens, min(tokens, seqs))
     non_torch = int(NON_TORCH_BASE_BYTES + (NCCL_BYTES if tp * pp > 1 else 0))
@@ -210,7 +213,7 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig) -> MemoryEstimat
     layout: KVLayout | None = None
     cap = None
     for stage in pp_stages(spec.num_layers, pp):
-        pages = layer_pages(spec, tp, cfg.kv_cache_dtype, stage)
+        pages = layer_pages(spec, tp, cfg.kv_cache_dtype, stage, cfg.ssm_cache_dtype)
         if not pages or all(p.kind is Mixer.NONE for p in pages):
             continue
         lay = kv_layout(pages, cfg.block_size, max_len, in_flight)
@@ -237,6 +240,6 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig) -> MemoryEstimat
         activation_bytes=activation, non_torch_bytes=non_torch, cuda_graph_bytes=graphs,
         kv_cache_bytes=kv_bytes, num_blocks=cap.num_blocks, block_size=layout.block_size,
         kv_cache_tokens=cap.tokens, max_concurrency=cap.max_concurrency, max_model_len=max_len,
-        kv_bytes_per_token=per_req_bytes / max_len, max_num_batched_tokens=tokens, max_num_seqs=seqs,
+        kv_bytes_per_token=per_req_bytes / max_len, kv_groups=layout.num_groups, max_num_batched_tokens=tokens, max_num_seqs=seqs,
         total_params=params.total, fits=fits, reason=reason,
     )

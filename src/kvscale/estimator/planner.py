@@ -15,7 +15,7 @@ from .errors import EstimatorError
 from .gpus import GIB, GPUType
 from .memory import DEFAULT_GPU_MEMORY_UTILIZATION, MemoryEstimate, ServingConfig, estimate
 from .model_spec import ModelSpec
-from .params import count_params
+from .params import ParamBreakdown, count_params
 from .quantization import Quantization, applicable, checkpoint_format
 
 TP_DEGREES = (1, 2, 4, 8, 16)
@@ -123,11 +123,10 @@ class PlanResult(BaseModel):
                 f"{pick.tensor_parallel_size}x {pick.gpu} {pick.quantization}: {pick.reason}")
 
 
-def _throughput(spec: ModelSpec, est: MemoryEstimate, gpu: GPUType, seq_tokens: int,
+def _throughput(spec: ModelSpec, params: ParamBreakdown, est: MemoryEstimate, gpu: GPUType, seq_tokens: int,
                 ctx_tokens: float) -> tuple[int, float, float]:
     """(batch, decode tokens/s, step seconds) at the largest batch memory allows (roofline)."""
     batch = max(1, min(est.max_num_seqs, est.kv_cache_tokens // max(1, seq_tokens)))
-    params = count_params(spec)
     active_share = params.active(spec) / params.total if params.total else 1.0
     bw = gpu.bandwidth_gbps * 1e9 * BANDWIDTH_EFFICIENCY
     weights_read = est.weights_bytes * active_share
@@ -144,6 +143,7 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
     plans: list[Plan] = []
     rejections: list[Rejection] = []
     seen: set[tuple[str, int, Quantization]] = set()
+    params = count_params(spec)
     for opt in req.options:
         gpu = opt.gpu
         degrees = [req.tensor_parallel_size] if req.tensor_parallel_size else list(TP_DEGREES)
@@ -177,14 +177,19 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
                     max_model_len=req.max_model_len, gpu_memory_utilization=req.gpu_memory_utilization,
                     max_num_batched_tokens=req.max_num_batched_tokens)
                 try:
-                    est = estimate(spec, gpu, cfg)
+                    est = estimate(spec, gpu, cfg, params)
                 except EstimatorError as exc:
                     reject(str(exc))
                     continue
                 if not est.fits:
                     reject(_memory_reason(est, tp, gpu, req))
                     continue
-                plans.append(_price(spec, est, gpu, tp, quant, req))
+                priced = _price(spec, params, est, gpu, tp, quant, req)
+                if opt.nodes is not None and priced.total_gpus > opt.nodes * opt.gpus_per_node:
+                    reject(f"needs {priced.replicas} replicas x {tp} GPUs = {priced.total_gpus}; the cluster has "
+                           f"{opt.nodes * opt.gpus_per_node} {gpu.name}")
+                    continue
+                plans.append(priced)
     ranked = sorted(plans, key=lambda p: _rank_key(p, req.prefer))
     return PlanResult(model=spec.name, plans=tuple(ranked), rejections=tuple(rejections))
 
@@ -196,16 +201,16 @@ def _memory_reason(est: MemoryEstimate, tp: int, gpu: GPUType, req: PlanRequest)
             f"< {req.max_model_len:,} ({est.reason})")
 
 
-def _price(spec: ModelSpec, est: MemoryEstimate, gpu: GPUType, tp: int, quant: Quantization,
+def _price(spec: ModelSpec, params: ParamBreakdown, est: MemoryEstimate, gpu: GPUType, tp: int, quant: Quantization,
            req: PlanRequest) -> Plan:
     if req.load is not None:
         seq = req.load.mean_input_tokens + req.load.mean_output_tokens
         ctx = req.load.mean_input_tokens + req.load.mean_output_tokens / 2
-        batch, tps, step = _throughput(spec, est, gpu, seq, ctx)
+        batch, tps, step = _throughput(spec, params, est, gpu, seq, ctx)
         replicas = max(1, math.ceil(req.load.requests_per_second * req.load.mean_output_tokens / tps))
         conc = float(batch)
     else:
-        _, tps, step = _throughput(spec, est, gpu, req.max_model_len, req.max_model_len / 2)
+        _, tps, step = _throughput(spec, params, est, gpu, req.max_model_len, req.max_model_len / 2)
         conc = est.max_concurrency
         target = req.concurrency or 1
         replicas = max(1, math.ceil(target / conc - 1e-9))

@@ -39,9 +39,15 @@ class WeightFormat(BaseModel):
     needs_fp8_hardware: bool = False
     checkpoint_only: bool = False  # needs a pre-quantized checkpoint (cannot be applied online)
 
+    expert_padding: float = 1.0  # layout padding of expert weights (MXFP4 kernels pad to 256)
+    attention_16bit: bool = False  # e.g. Meta's fbgemm FP8 checkpoints quantize only the MLPs
+
     def weight_bytes(self, p: ParamBreakdown) -> float:
         compressed = p.expert_linear if self.experts_only else p.linear
-        return compressed * self.linear_bytes + (p.total - compressed) * self.other_bytes
+        if self.attention_16bit:
+            compressed -= p.attention_linear
+        padded = compressed + p.expert_linear * (self.expert_padding - 1.0)
+        return padded * self.linear_bytes + (p.total - compressed) * self.other_bytes
 
 
 def _int4(group: int, zeros: bool) -> float:
@@ -93,6 +99,11 @@ def weight_format(spec: ModelSpec, quant: Quantization) -> WeightFormat:
     own = checkpoint_format(spec)
     target = own if quant is Quantization.AUTO else quant
     fmt = FORMATS[target]
+    if spec.quantization is not None and spec.quantization.method == "fbgemm_fp8" and target is own:
+        fmt = fmt.model_copy(update={"attention_16bit": True})
+    if target is Quantization.MXFP4 and spec.moe is not None:
+        inter = spec.moe.expert_intermediate_size
+        fmt = fmt.model_copy(update={"expert_padding": (-(-inter // 256) * 256) / inter})
     if target in (Quantization.AWQ, Quantization.GPTQ) and spec.quantization is not None:
         group = spec.quantization.group_size or 128
         if group <= 0:  # -1 means one group per row in GPTQ: scales are negligible

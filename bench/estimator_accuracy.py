@@ -1,0 +1,186 @@
+"""Estimator vs published vLLM start-up logs (bench/data/published_vllm_startups.json).
+
+For every record with enough context, prints what vLLM reported next to kvscale's estimate:
+weights per GPU, KV tokens end to end, and KV tokens from vLLM's own reported KV memory
+(which isolates the KV layout from the overhead model). Ends with median/mean errors.
+
+    python bench/estimator_accuracy.py [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kvscale.estimator.catalog import resolve_model
+from kvscale.estimator.errors import EstimatorError
+from kvscale.estimator.gpus import GIB, GPUType, custom_gpu, default_catalog
+from kvscale.estimator.memory import ServingConfig, estimate
+from kvscale.estimator.quantization import Quantization
+
+DATA = Path(__file__).parent / "data" / "published_vllm_startups.json"
+
+# Same architecture as a catalog entry (differences only in max_position_embeddings or the checkpoint format).
+MODEL_ALIASES = {
+    "Qwen/Qwen2-7B-Instruct": ("Qwen/Qwen2.5-7B-Instruct", None),
+    "Qwen/Qwen3-Coder-30B-A3B-Instruct": ("Qwen/Qwen3-30B-A3B", {"max_position_embeddings": 262144}),
+    "Qwen/Qwen3-4B-Instruct-2507": ("Qwen/Qwen3-4B", {"max_position_embeddings": 262144}),
+    "Qwen/Qwen3-4B-Instruct-2507-FP8": ("Qwen/Qwen3-4B", {"max_position_embeddings": 262144,
+                                                            "quantization_config": {"quant_method": "fp8"}}),
+    "Qwen/Qwen2.5-7B-Instruct-AWQ": ("Qwen/Qwen2.5-7B-Instruct",
+                                     {"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128}}),
+    "Qwen/Qwen3-235B-A22B-FP8": ("Qwen/Qwen3-235B-A22B", {"quantization_config": {"quant_method": "fp8"}}),
+    "meta-llama/Meta-Llama-3.1-405B-Instruct-FP8": (
+        "meta-llama/Llama-3.1-405B-Instruct", {"quantization_config": {"quant_method": "fbgemm_fp8"}}),
+    "neuralmagic/Meta-Llama-3.1-70B-Instruct-quantized.w8a8": (
+        "meta-llama/Llama-3.1-70B-Instruct", {"quantization_config": {"quant_method": "int8"}}),
+}
+# Runtime-reported totals for cards outside the catalog (GiB).
+EXTRA_GPUS = {"RTX 4080 16GB": 15.57, "RTX 5090": 31.36, "A10 24GB": 22.06, "RTX A5000 24GB": 23.55,
+              "RTX 3090": 23.57, "H100": 79.11, "A100": 79.15}
+# Records whose KV figure is not vLLM's own accounting: an external KV connector (LMCache) was attached,
+# or the engine spanned two nodes (NCCL over the network). Shown, but left out of the summary.
+EXCLUDED_FROM_SUMMARY = {
+    "vllm21348-qwen3-235b-a22b-fp8-4xh100": "KV connector attached",
+    "lmcache3430-qwen3-8b-rtx-a5000": "LMCache connector attached",
+    "dennislee-qwen2-7b-a100-40g-tp2-2nodes-gmu0.5": "two nodes: NCCL over the network",
+}
+# Before 0.12, vLLM printed hybrid models' capacity as num_blocks // groups * block_size.
+LEGACY_HYBRID_REPORT_BEFORE = (0, 12)
+# vLLM began subtracting its CUDA-graph estimate from the KV budget in 0.13; earlier logs did not.
+GRAPHS_IN_BUDGET_FROM = (0, 13)
+
+
+def _version(v: str | None) -> tuple[int, ...] | None:
+    if not v:
+        return None
+    try:
+        return tuple(int(x) for x in v.split(".")[:2])
+    except ValueError:
+        return None
+
+
+def _gpu(name: str | None) -> GPUType | None:
+    if name is None:
+        return None
+    cat = default_catalog()
+    try:
+        return cat.get(name)
+    except EstimatorError:
+        pass
+    if name in EXTRA_GPUS:
+        g = custom_gpu(EXTRA_GPUS[name])
+        return g.model_copy(update={"name": name})
+    return None
+
+
+def evaluate(record: dict[str, Any]) -> dict[str, Any] | None:
+    rep = record["reported"]
+    gpu = _gpu(record.get("gpu"))
+    model_id, overrides = MODEL_ALIASES.get(record["model"], (record["model"], None))
+    try:
+        spec = resolve_model(model_id, overrides)
+    except EstimatorError:
+        return None
+    if gpu is None and rep.get("available_kv_gib") is None:
+        return None
+    gpu = gpu or custom_gpu(80.0)
+    version = _version(record.get("vllm_version"))
+    v0_engine = "-v0" in record["id"]
+    old = v0_engine or (version is not None and version < GRAPHS_IN_BUDGET_FROM)
+    legacy_report = version is not None and version < LEGACY_HYBRID_REPORT_BEFORE
+    max_len = record.get("max_model_len") or None
+    mbt = record.get("max_num_batched_tokens")
+    if v0_engine and max_len:  # no chunked prefill: the profile run is one max_model_len prompt
+        mbt = max(mbt or 0, max_len)
+    cfg = ServingConfig(
+        tensor_parallel_size=record.get("tensor_parallel_size") or 1,
+        pipeline_parallel_size=record.get("pipeline_parallel_size") or 1,
+        quantization=Quantization.AUTO, kv_cache_dtype=record.get("kv_cache_dtype") or "auto",
+        max_model_len=max_len,
+        gpu_memory_utilization=record.get("gpu_memory_utilization") or 0.9,
+        max_num_batched_tokens=mbt, max_num_seqs=record.get("max_num_seqs"),
+        enforce_eager=bool(record.get("enforce_eager")) or old,
+        async_scheduling=not old,
+    )
+    try:
+        est = estimate(spec, gpu, cfg)
+        tokens = est.kv_cache_tokens
+        if legacy_report and est.kv_groups > 1:
+            tokens = est.num_blocks // est.kv_groups * est.block_size
+        own_kv = None
+        if rep.get("available_kv_gib") is not None and rep["available_kv_gib"] > 0:
+            fixed = cfg.model_copy(update={"kv_cache_memory_bytes": int(rep["available_kv_gib"] * GIB)})
+            own = estimate(spec, gpu, fixed)
+            own_kv = own.num_blocks // own.kv_groups * own.block_size if legacy_report and own.kv_groups > 1 \
+                else own.kv_cache_tokens
+    except EstimatorError as exc:
+        return {"id": record["id"], "error": str(exc)}
+    return {
+        "id": record["id"], "model": record["model"], "gpu": record.get("gpu"),
+        "tp": cfg.tensor_parallel_size, "max_model_len": est.max_model_len,
+        "weights_reported": rep.get("weights_gib"), "weights_est": est.weights_bytes / GIB,
+        "kv_gib_reported": rep.get("available_kv_gib"), "kv_gib_est": est.kv_cache_bytes / GIB,
+        "tokens_reported": rep.get("kv_cache_tokens"),
+        "tokens_est": tokens if record.get("gpu") else None,
+        "excluded": EXCLUDED_FROM_SUMMARY.get(record["id"]),
+        "tokens_from_reported_kv": own_kv,
+    }
+
+
+def _err(est: float | None, ref: float | None) -> float | None:
+    if est is None or ref is None or ref <= 0:
+        return None
+    return (est - ref) / ref * 100
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", help="write per-record results here")
+    args = ap.parse_args()
+    records = json.loads(DATA.read_text())
+    rows = [r for r in (evaluate(rec) for rec in records) if r is not None]
+    console = Console(width=200)
+    t = Table(title=f"kvscale estimate vs {len(records)} published vLLM start-ups ({len(rows)} usable)")
+    for c in ("record", "TP", "weights GiB vllm/kvscale", "err %", "KV GiB vllm/kvscale",
+              "KV tokens vllm/kvscale", "err %", "tokens from vLLM's KV GiB", "err %"):
+        t.add_column(c)
+    w_err, t_err, l_err = [], [], []
+    for r in rows:
+        if "error" in r:
+            t.add_row(r["id"], "", "", "", "", "", "", r["error"][:60], "")
+            continue
+        we = _err(r["weights_est"], r["weights_reported"])
+        te = _err(r["tokens_est"], r["tokens_reported"])
+        le = _err(r["tokens_from_reported_kv"], r["tokens_reported"])
+        for lst, e in ((w_err, we), (t_err, te), (l_err, le)):
+            if e is not None and not r["excluded"]:
+                lst.append(abs(e))
+        fmt = (lambda e: "" if e is None else f"{e:+.1f}")
+        t.add_row(r["id"][:44] + (" *" if r["excluded"] else ""), str(r["tp"]),
+                  f"{r['weights_reported'] or '-'} / {r['weights_est']:.2f}", fmt(we),
+                  f"{r['kv_gib_reported'] or '-'} / {r['kv_gib_est']:.2f}",
+                  f"{r['tokens_reported'] or '-'} / {r['tokens_est'] or '-'}", fmt(te),
+                  f"{r['tokens_from_reported_kv'] or '-'}", fmt(le))
+    console.print(t)
+    console.print("* left out of the summary: " + "; ".join(f"{k}: {v}" for k, v in EXCLUDED_FROM_SUMMARY.items()))
+    for label, errs, target in (("weights", w_err, 3.0), ("KV tokens (end to end)", t_err, 5.0),
+                                ("KV tokens (given vLLM's KV memory)", l_err, 5.0)):
+        if errs:
+            med = statistics.median(errs)
+            console.print(f"{label}: n={len(errs)} median |error| {med:.2f}% mean {statistics.mean(errs):.2f}% "
+                          f"max {max(errs):.2f}% (target median <= {target}%)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""The ``kvscale`` command. Bad input exits 2 with one line naming what is wrong."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from .estimator.catalog import catalog_ids, resolve_model
+from .estimator.errors import EstimatorError
+from .estimator.gpus import GIB, GPUType, custom_gpu, load_catalog
+from .estimator.kv_cache import KV_CACHE_DTYPES
+from .estimator.memory import DEFAULT_GPU_MEMORY_UTILIZATION, ServingConfig, estimate
+from .estimator.planner import GPUOption, LoadTarget, PlanRequest, Preference, plan
+from .estimator.quantization import Quantization
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"kvscale: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _positive_int(name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be positive, got {value}")
+        return value
+    return parse
+
+
+def _fraction(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not 0 < value <= 1:
+            raise argparse.ArgumentTypeError(f"{name} must be in (0, 1], got {value}")
+        return value
+    return parse
+
+
+def _positive_float(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be positive, got {value}")
+        return value
+    return parse
+
+
+def _quant(text: str) -> Quantization:
+    try:
+        return Quantization(text.lower())
+    except ValueError:
+        choices = ", ".join(q.value for q in Quantization)
+        raise argparse.ArgumentTypeError(f"unknown quantization {text!r} (choose from {choices})") from None
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="catalog id (see `kvscale models`), path to a config.json, or a Hub id (online)")
+    p.add_argument("--max-model-len", type=_positive_int("--max-model-len"))
+    p.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES)
+    p.add_argument("--gpu-memory-utilization", type=_fraction("--gpu-memory-utilization"),
+                   default=DEFAULT_GPU_MEMORY_UTILIZATION)
+    p.add_argument("--max-num-batched-tokens", type=_positive_int("--max-num-batched-tokens"))
+    p.add_argument("--gpu-catalog", help="YAML GPU catalog replacing the built-in one (prices, new cards)")
+    p.add_argument("--output", choices=("table", "json"), default="table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kvscale", description="Memory-aware LLM autoscaling for Kubernetes")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    est = sub.add_parser("estimate", help="predict what vLLM reports at start-up for one replica")
+    _add_model_args(est)
+    gpu = est.add_mutually_exclusive_group()
+    gpu.add_argument("--gpu", default=None, help="GPU type from the catalog (default H100-80GB)")
+    gpu.add_argument("--gpu-memory-gib", type=_positive_float("--gpu-memory-gib"),
+                     help="total memory vLLM sees, for a card not in the catalog")
+    est.add_argument("--tp", type=_positive_int("--tp"), default=1, help="tensor-parallel size")
+    est.add_argument("--pp", type=_positive_int("--pp"), default=1, help="pipeline-parallel size")
+    est.add_argument("--quantization", type=_quant, default=Quantization.AUTO)
+    est.add_argument("--max-num-seqs", type=_positive_int("--max-num-seqs"))
+    est.add_argument("--enforce-eager", action="store_true")
+    est.set_defaults(func=cmd_estimate)
+
+    pl = sub.add_parser("plan", help="rank GPU type x TP x quantization by cost for a target")
+    _add_model_args(pl)
+    target = pl.add_mutually_exclusive_group()
+    target.add_argument("--concurrency", type=_positive_int("--concurrency"),
+                        help="sequences of max-model-len to hold at once, in total")
+    target.add_argument("--requests-per-second", type=_positive_float("--requests-per-second"))
+    pl.add_argument("--mean-input-tokens", type=_positive_int("--mean-input-tokens"), default=1024)
+    pl.add_argument("--mean-output-tokens", type=_positive_int("--mean-output-tokens"), default=256)
+    pl.add_argument("--gpus", nargs="+", help="allowed GPU types, optionally NAME:GPUS_PER_NODE (default: all)")
+    pl.add_argument("--quantizations", nargs="+", type=_quant, default=[Quantization.AUTO])
+    pl.add_argument("--max-gpus-per-replica", type=_positive_int("--max-gpus-per-replica"), default=8)
+    pl.add_argument("--tp", type=_positive_int("--tp"), help="fix the tensor-parallel size")
+    pl.add_argument("--prefer", choices=[p.value for p in Preference], default=Preference.COST.value)
+    pl.add_argument("--show-rejections", action="store_true")
+    pl.set_defaults(func=cmd_plan)
+
+    models = sub.add_parser("models", help="list the built-in model catalog")
+    models.set_defaults(func=cmd_models)
+    gpus = sub.add_parser("gpus", help="list the GPU catalog")
+    gpus.add_argument("--gpu-catalog")
+    gpus.set_defaults(func=cmd_gpus)
+
+    _add_extra_commands(sub)
+    return parser
+
+
+def _add_extra_commands(sub: Any) -> None:
+    """Commands whose modules pull in Kubernetes clients are imported lazily."""
+    from .cli_cluster import add_cluster_commands
+
+    add_cluster_commands(sub)
+
+
+def _gpu(args: argparse.Namespace) -> GPUType:
+    if args.gpu_memory_gib is not None:
+        return custom_gpu(args.gpu_memory_gib)
+    return load_catalog(args.gpu_catalog).get(args.gpu or "H100-80GB")
+
+
+def cmd_estimate(args: argparse.Namespace, console: Console) -> int:
+    spec = resolve_model(args.model)
+    gpu = _gpu(args)
+    cfg = ServingConfig(
+        tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp, quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype, max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization, max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_seqs=args.max_num_seqs, enforce_eager=args.enforce_eager)
+    est = estimate(spec, gpu, cfg)
+    result = {
+        "weights_gib": round(est.weights_bytes / GIB, 4),
+        "kv_cache_gib": round(est.kv_cache_bytes / GIB, 4),
+        "kv_cache_tokens": est.kv_cache_tokens if est.kv_cache_bytes > 0 else 0,
+        "max_concurrency": round(est.max_concurrency, 2) if est.kv_cache_bytes > 0 else 0.0,
+        "fits": est.fits,
+        "reason": est.reason,
+    }
+    if args.output == "json":
+        console.print_json(json.dumps(result))
+        return 0 if est.fits else 1
+    t = Table(title=f"{spec.name} on {args.tp * args.pp}x {gpu.name} "
+                    f"(TP {args.tp}, PP {args.pp}, {args.quantization.value})")
+    t.add_column("quantity")
+    t.add_column("per GPU", justify="right")
+    t.add_row("total memory", f"{gpu.memory_gib:.2f} GiB")
+    t.add_row(f"requested ({cfg.gpu_memory_utilization:g} x total)", f"{est.requested_bytes / GIB:.2f} GiB")
+    t.add_row("model weights", f"{est.weights_bytes / GIB:.2f} GiB")
+    t.add_row(f"activation peak ({est.max_num_batched_tokens} batched tokens)", f"{est.activation_bytes / GIB:.2f} GiB")
+    t.add_row("non-torch (NCCL, cuBLAS)", f"{est.non_torch_bytes / GIB:.2f} GiB")
+    t.add_row("CUDA graphs", f"{est.cuda_graph_bytes / GIB:.2f} GiB")
+    t.add_row("available KV cache memory", f"{est.kv_cache_bytes / GIB:.2f} GiB")
+    t.add_row("KV cache size", f"{result['kv_cache_tokens']:,} tokens")
+    t.add_row(f"maximum concurrency at {est.max_model_len:,} tokens", f"{result['max_concurrency']:.2f}x")
+    t.add_row("parameters", f"{est.total_params / 1e9:.2f} B")
+    console.print(t)
+    console.print(("[green]" if est.fits else "[red]") + est.reason)
+    return 0 if est.fits else 1
+
+
+def _options(args: argparse.Namespace) -> tuple[GPUOption, ...]:
+    cat = load_catalog(args.gpu_catalog)
+    if not args.gpus:
+        return tuple(GPUOption(gpu=g) for g in cat.gpus)
+    out = []
+    for item in args.gpus:
+        name, _, per_node = item.partition(":")
+        count = _positive_int(f"--gpus {item}")(per_node) if per_node else 8
+        out.append(GPUOption(gpu=cat.get(name), gpus_per_node=count))
+    return tuple(out)
+
+
+def cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    spec = resolve_model(args.model)
+    max_len = args.max_model_len or spec.max_position_embeddings
+    load = None
+    if args.requests_per_second:
+        load = LoadTarget(requests_per_second=args.requests_per_second, mean_input_tokens=args.mean_input_tokens,
+                          mean_output_tokens=args.mean_output_tokens)
+    req = PlanRequest(
+        max_model_len=max_len, concurrency=args.concurrency if load is None else None, load=load,
+        options=_options(args), quantizations=tuple(args.quantizations),
+        max_gpus_per_replica=args.max_gpus_per_replica, tensor_parallel_size=args.tp,
+        kv_cache_dtype=args.kv_cache_dtype, gpu_memory_utilization=args.gpu_memory_utilization,
+        max_num_batched_tokens=args.max_num_batched_tokens, prefer=Preference(args.prefer))
+    result = plan(spec, req)
+    if args.output == "json":
+        console.print_json(result.model_dump_json())
+        return 0 if result.plans else 1
+    t = Table(title=f"Plans for {spec.name}, max_model_len {max_len:,}")
+    for col in ("#", "GPU", "TP", "quant", "replicas", "$/hour", "weights GiB/GPU", "KV tokens/replica",
+                "concurrency", "decode tok/s"):
+        t.add_column(col, justify="right" if col not in ("GPU", "quant") else "left")
+    for i, p in enumerate(result.plans, 1):
+        t.add_row(str(i), p.gpu, str(p.tensor_parallel_size), p.quantization.value, str(p.replicas),
+                  f"{p.cost_per_hour:.2f}", f"{p.memory.weights_bytes / GIB:.1f}",
+                  f"{p.memory.kv_cache_tokens:,}", f"{p.concurrency_per_replica:.1f}",
+                  f"{p.decode_tokens_per_s:,.0f}")
+    console.print(t)
+    if args.show_rejections or not result.plans:
+        r = Table(title="Rejected options")
+        for col in ("GPU", "TP", "quant", "reason"):
+            r.add_column(col)
+        for rej in result.rejections:
+            r.add_row(rej.gpu, str(rej.tensor_parallel_size), rej.quantization, rej.reason)
+        console.print(r)
+    if not result.plans:
+        console.print(f"[red]{result.explain_infeasible()}")
+        return 1
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, console: Console) -> int:
+    for mid in catalog_ids():
+        console.print(mid, highlight=False)
+    return 0
+
+
+def cmd_gpus(args: argparse.Namespace, console: Console) -> int:
+    t = Table(title="GPU catalog")
+    for col in ("name", "memory GiB", "GB/s", "bf16 TFLOPS", "fp8", "$/hour", "node label"):
+        t.add_column(col)
+    for g in load_catalog(args.gpu_catalog).gpus:
+        t.add_row(g.name, f"{g.memory_gib:g}", f"{g.bandwidth_gbps:g}", f"{g.bf16_tflops:g}", str(g.fp8),
+                  f"{g.price_per_hour:.2f}", ", ".join(g.product_labels))
+    console.print(t)
+    return 0
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err.get("loc", ())) or "input"
+    return f"{loc}: {err.get('msg', 'invalid')}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console()
+    try:
+        code: int = args.func(args, console)
+        return code
+    except EstimatorError as exc:
+        print(f"kvscale: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationError as exc:
+        print(f"kvscale: error: {_first_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"kvscale: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
