@@ -1,0 +1,328 @@
+"""A real Kubernetes control plane as local processes, with kwok simulating GPU nodes.
+
+etcd, kube-apiserver (RBAC on, client-certificate auth), kube-controller-manager and
+kube-scheduler are the upstream binaries; kwok plays the kubelets, so pods bound to the
+simulated nodes become Running and Ready and get pod IPs from a loopback range (real
+processes on this machine can then serve "as" those pods). Everything lives in one
+temporary directory and every process dies with the harness (also on a crash: children
+get PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from .binaries import Binaries, ensure_binaries
+from .fleet import DEFAULT_FLEET, NodePool, fleet_manifests
+from .pki import PKI, CertPair
+
+POD_CIDR = "127.16.0.0/16"  # loopback: a process can bind any pod IP kwok hands out
+SERVICE_CIDR = "10.96.0.0/16"
+STATE_FILE = "kvscale-cluster.json"
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """Child pre-exec hook: SIGTERM when the harness process goes away, however it goes."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    os.setsid()
+
+
+def _log(msg: str) -> None:
+    print(f"[kvscale cluster] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Component:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class LocalCluster:
+    fleet: tuple[NodePool, ...] = DEFAULT_FLEET
+    workdir: Path | None = None
+    tie_to_parent: bool = True
+    keep_workdir: bool = False
+    binaries: Binaries | None = None
+    components: list[Component] = field(default_factory=list)
+    apiserver_port: int = 0
+    started_s: float = 0.0
+
+    # ----- paths -------------------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "admin.kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    # ----- lifecycle ---------------------------------------------------------------------------
+    def start(self, timeout: float = 120.0) -> LocalCluster:
+        t0 = time.monotonic()
+        self.binaries = self.binaries or ensure_binaries()
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="kvscale-cluster-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.started_s = time.monotonic() - t0
+        _log(f"control plane ready in {self.started_s:.1f}s; KUBECONFIG={self.kubeconfig}")
+        return self
+
+    def _start(self, timeout: float) -> None:
+        assert self.workdir is not None and self.binaries is not None
+        w, b = self.workdir, self.binaries
+        pki = PKI(w / "pki")
+        etcd_port, etcd_peer = _free_port(), _free_port()
+        self.apiserver_port = _free_port()
+        self._spawn("etcd", [
+            b.path("etcd"), "--data-dir", str(w / "etcd"), "--name", "kvscale",
+            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-cluster", f"kvscale=http://127.0.0.1:{etcd_peer}",
+            "--unsafe-no-fsync", "--quota-backend-bytes", str(4 << 30), "--log-level", "warn"])
+        self._wait(lambda: httpx.get(f"http://127.0.0.1:{etcd_port}/health", timeout=2).status_code == 200,
+                   "etcd healthy", timeout)
+        serving = pki.issue("apiserver", "kube-apiserver", server=True,
+                            hosts=("127.0.0.1", "localhost", "10.96.0.1", "kubernetes", "kubernetes.default",
+                                   "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"))
+        admin = pki.issue("admin", "kvscale-admin", "system:masters")
+        cm = pki.issue("controller-manager", "system:kube-controller-manager")
+        sched = pki.issue("scheduler", "system:kube-scheduler")
+        kwok = pki.issue("kwok", "kwok-controller", "system:masters")
+        self._spawn("kube-apiserver", [
+            b.path("kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1", f"--secure-port={self.apiserver_port}", "--advertise-address=127.0.0.1",
+            f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+            f"--client-ca-file={pki.ca_cert}", "--authorization-mode=Node,RBAC",
+            f"--service-account-key-file={pki.sa_pub}", f"--service-account-signing-key-file={pki.sa_key}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
+            "--endpoint-reconciler-type=none", "--profiling=false", "--max-requests-inflight=800",
+            "--max-mutating-requests-inflight=400"])
+        self._write_kubeconfig(self.kubeconfig, pki.ca_cert, admin)
+        self._wait(self._readyz, "kube-apiserver ready", timeout)
+        cm_cfg = self._write_kubeconfig(w / "controller-manager.kubeconfig", pki.ca_cert, cm)
+        sched_cfg = self._write_kubeconfig(w / "scheduler.kubeconfig", pki.ca_cert, sched)
+        kwok_cfg = self._write_kubeconfig(w / "kwok.kubeconfig", pki.ca_cert, kwok)
+        self._spawn("kube-controller-manager", [
+            b.path("kube-controller-manager"), f"--kubeconfig={cm_cfg}",
+            f"--authentication-kubeconfig={cm_cfg}", f"--authorization-kubeconfig={cm_cfg}",
+            "--bind-address=127.0.0.1", f"--secure-port={_free_port()}", "--leader-elect=false",
+            f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_cert}",
+            "--use-service-account-credentials=true", f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
+            "--concurrent-gc-syncs=20", "--kube-api-qps=200", "--kube-api-burst=400"])
+        self._spawn("kube-scheduler", [
+            b.path("kube-scheduler"), f"--kubeconfig={sched_cfg}", f"--authentication-kubeconfig={sched_cfg}",
+            f"--authorization-kubeconfig={sched_cfg}", "--bind-address=127.0.0.1",
+            f"--secure-port={_free_port()}", "--leader-elect=false", "--kube-api-qps=200", "--kube-api-burst=400"])
+        self._spawn("kwok", [
+            b.path("kwok"), f"--kubeconfig={kwok_cfg}", "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            f"--cidr={POD_CIDR}", "--node-ip=127.0.0.1", "--node-lease-duration-seconds=40",
+            "--config", str(self._write_kwok_config())])
+        self._wait(self._default_service_account, "default ServiceAccount (controller-manager up)", timeout)
+        self.add_nodes(self.fleet)
+        self._write_state()
+
+    def stop(self) -> None:
+        for comp in reversed(self.components):
+            _terminate(comp.proc)
+        self.components.clear()
+        if self.workdir is not None and not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----- helpers -----------------------------------------------------------------------------
+    def _spawn(self, name: str, cmd: list[str]) -> None:
+        assert self.workdir is not None
+        log = self.workdir / "logs" / f"{name}.log"
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    preexec_fn=_die_with_parent if self.tie_to_parent else os.setsid)
+        self.components.append(Component(name, proc, log))
+
+    def _check_alive(self) -> None:
+        for comp in self.components:
+            if comp.proc.poll() is not None:
+                tail = "\n".join(comp.log.read_text(errors="replace").splitlines()[-25:])
+                raise ClusterError(f"{comp.name} exited with {comp.proc.returncode}:\n{tail}")
+
+    def _wait(self, probe: Callable[[], bool], what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with contextlib.suppress(Exception):
+                if probe():
+                    return
+            time.sleep(0.25)
+        raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+    def http(self) -> httpx.Client:
+        assert self.workdir is not None
+        pki = self.workdir / "pki"
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        return httpx.Client(base_url=self.server, verify=ctx, timeout=10)
+
+    def _readyz(self) -> bool:
+        with self.http() as c:
+            return c.get("/readyz").status_code == 200
+
+    def _default_service_account(self) -> bool:
+        with self.http() as c:
+            return c.get("/api/v1/namespaces/default/serviceaccounts/default").status_code == 200
+
+    def _write_kubeconfig(self, path: Path, ca: Path, pair: CertPair) -> Path:
+        cfg = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "kvscale-local",
+            "clusters": [{"name": "kvscale-local", "cluster": {"server": self.server, "certificate-authority": str(ca)}}],
+            "users": [{"name": "user", "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)}}],
+            "contexts": [{"name": "kvscale-local", "context": {"cluster": "kvscale-local", "user": "user"}}],
+        }
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def _write_kwok_config(self) -> Path:
+        """kwok's stock node and pod lifecycle stages (nodes Ready, scheduled pods Running/Ready)."""
+        assert self.workdir is not None
+        path = self.workdir / "kwok.yaml"
+        path.write_text(yaml.safe_dump_all(kwok_stages()))
+        return path
+
+    def _write_state(self) -> None:
+        assert self.workdir is not None
+        state = {"kubeconfig": str(self.kubeconfig), "server": self.server,
+                 "pids": {c.name: c.proc.pid for c in self.components}}
+        (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=1))
+
+    def add_nodes(self, fleet: tuple[NodePool, ...]) -> list[str]:
+        names = []
+        with self.http() as c:
+            for node in fleet_manifests(fleet):
+                r = c.post("/api/v1/nodes", json=node)
+                if r.status_code not in (200, 201, 409):
+                    raise ClusterError(f"creating node {node['metadata']['name']}: {r.status_code} {r.text[:300]}")
+                names.append(node["metadata"]["name"])
+        self._wait(lambda: self._nodes_ready(names), f"{len(names)} kwok nodes Ready", 60)
+        return names
+
+    def _nodes_ready(self, names: list[str]) -> bool:
+        with self.http() as c:
+            items = c.get("/api/v1/nodes").json()["items"]
+        ready = {n["metadata"]["name"] for n in items
+                 if any(cd["type"] == "Ready" and cd["status"] == "True" for cd in n["status"].get("conditions", []))}
+        return set(names) <= ready
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        assert self.binaries is not None
+        return subprocess.run([self.binaries.path("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+                              input=input, capture_output=True, text=True, check=check)
+
+    def api_client(self) -> Any:
+        from kubernetes import client, config
+
+        return config.new_client_from_config(str(self.kubeconfig)) if client else None
+
+    def component_rss_bytes(self) -> dict[str, int]:
+        out = {}
+        for comp in self.components:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{comp.proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        out[comp.name] = int(line.split()[1]) * 1024
+        return out
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def stop_from_state(workdir: Path) -> bool:
+    """Stop a cluster started by another process (``kvscale dev-cluster down``)."""
+    state_path = workdir / STATE_FILE
+    if not state_path.exists():
+        return False
+    state = json.loads(state_path.read_text())
+    for pid in reversed(list(state["pids"].values())):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for pid in state["pids"].values():
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return True
+
+
+@contextlib.contextmanager
+def local_cluster(**kwargs: Any) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(**kwargs)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def kwok_stages() -> list[dict[str, Any]]:
+    """Node heartbeat/initialisation and pod ready/delete stages (kwok's 'fast' lifecycle)."""
+    text = (Path(__file__).parent / "kwok_stages.yaml").read_text()
+    return [d for d in yaml.safe_load_all(text) if d]
