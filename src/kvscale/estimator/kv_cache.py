@@ -11,7 +11,7 @@ state, so they cost fewer blocks per request than full attention.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import ceil, gcd, prod
+from math import prod
 
 from .model_spec import Mixer, ModelSpec
 
@@ -43,6 +43,9 @@ class LayerPage:
     bytes_per_token: int = 0  # attention kinds
     state_bytes: int = 0  # Mamba / linear attention: per sequence, whatever its length
     window: int | None = None
+    # blocks a sequence pins with prefix caching on (vLLM's "align" mode keeps the running state,
+    # the last block boundary's state and, for Mamba-2 mixers, one prefill checkpoint)
+    state_blocks_cached: int = 1
 
     def page(self, block_size: int) -> int:
         return self.state_bytes if self.state_bytes else self.bytes_per_token * block_size
@@ -79,7 +82,8 @@ def layer_pages(spec: ModelSpec, tp: int, kv_cache_dtype: str, layers: range | N
             # vLLM keeps NemotronH SSM state in fp32 unless told otherwise
             ssm_bytes = ssm_state_bytes if ssm_cache_dtype != "auto" else (
                 4 if spec.model_type.startswith("nemotron") else sb)
-            out.append(LayerPage(kind, state_bytes=conv * sb + ssm * ssm_bytes))
+            out.append(LayerPage(kind, state_bytes=conv * sb + ssm * ssm_bytes,
+                                 state_blocks_cached=2 if m.head_dim == 1 else 3))
         elif kind is Mixer.LINEAR:
             assert spec.linear is not None
             la = spec.linear
@@ -87,7 +91,7 @@ def layer_pages(spec: ModelSpec, tp: int, kv_cache_dtype: str, layers: range | N
             conv = conv_dim // tp * (la.conv_kernel - 1)
             state = (la.num_value_heads // tp) * la.value_head_dim * la.key_head_dim
             state_b = ssm_state_bytes if ssm_cache_dtype != "auto" else sb
-            out.append(LayerPage(kind, state_bytes=conv * sb + state * state_b))
+            out.append(LayerPage(kind, state_bytes=conv * sb + state * state_b, state_blocks_cached=2))
     return out
 
 
@@ -106,7 +110,7 @@ def _group_size(counts: list[int]) -> int:
 
 
 def kv_layout(pages: list[LayerPage], block_size: int, max_model_len: int, max_in_flight_tokens: int,
-              kernel_alignment: int = 16) -> KVLayout:
+              kernel_alignment: int = 16, prefix_caching: bool = True) -> KVLayout:
     """Mirror vLLM's grouping (one pool, equal page sizes) for one worker's layers."""
     attn = [p for p in pages if not p.state_bytes]
     states = [p for p in pages if p.state_bytes]
@@ -116,20 +120,22 @@ def kv_layout(pages: list[LayerPage], block_size: int, max_model_len: int, max_i
         per_tok = max(p.bytes_per_token for p in attn)
         align = max(kernel_alignment, block_size)
         block_size = max(block_size, align * cdiv(max(p.state_bytes for p in states), align * per_tok))
+    state_blocks = {p.kind: (p.state_blocks_cached if prefix_caching else 1) for p in states}
     if not attn:
         page = max(p.state_bytes for p in states)
-        return KVLayout(block_size, page * len(states), len(states), len(states), 0)
+        per_req = sum(state_blocks[p.kind] for p in states)
+        return KVLayout(block_size, page * len(states), per_req, len(states), 0)
 
     # bucket identical specs; block size per bucket after page unification
     buckets: dict[tuple[Mixer, int, int | None], int] = {}
     for p in pages:
-        key = (p.kind if p.state_bytes == 0 else Mixer.MAMBA, p.bytes_per_token or p.state_bytes, p.window)
+        key = (p.kind, p.bytes_per_token or p.state_bytes, p.window)
         buckets[key] = buckets.get(key, 0) + 1
     max_page = max(p.page(block_size) for p in pages)
     bucket_block: dict[tuple[Mixer, int, int | None], int] = {}
     for key in buckets:
         kind, size, _ = key
-        if kind is Mixer.MAMBA:
+        if kind in state_blocks:
             bucket_block[key] = block_size
             continue
         page = size * block_size
@@ -139,8 +145,7 @@ def kv_layout(pages: list[LayerPage], block_size: int, max_model_len: int, max_i
         (key,) = buckets
         kind, size, window = key
         per_req = _blocks_per_request(kind, window, bucket_block[key], max_model_len, max_in_flight_tokens)
-        return KVLayout(bucket_block[key], size * bucket_block[key] * buckets[key] if kind is not Mixer.MAMBA
-                        else size * buckets[key], per_req, 1, naive)
+        return KVLayout(bucket_block[key], size * bucket_block[key] * buckets[key], per_req, 1, naive)
     if all(k[0] in (Mixer.FULL, Mixer.MLA) for k in buckets):
         # one uniform-type group: page is the sum over layers
         bpb = sum(size * block_size * n for (_, size, _), n in buckets.items())
@@ -153,14 +158,15 @@ def kv_layout(pages: list[LayerPage], block_size: int, max_model_len: int, max_i
         kind, _, window = key
         k = cdiv(n, gsize)
         groups += k
-        per_req += k * _blocks_per_request(kind, window, bucket_block[key], max_model_len, max_in_flight_tokens)
+        if kind in state_blocks:
+            per_req += k * state_blocks[kind]
+        else:
+            per_req += k * _blocks_per_request(kind, window, bucket_block[key], max_model_len, max_in_flight_tokens)
     return KVLayout(block_size, gsize * max_page, per_req, groups, naive)
 
 
 def _blocks_per_request(kind: Mixer, window: int | None, block_size: int, max_model_len: int,
                         in_flight: int) -> int:
-    if kind is Mixer.MAMBA or kind is Mixer.LINEAR:
-        return 1
     if kind is Mixer.SLIDING and window:
         return cdiv(min(window - 1 + in_flight, max_model_len), block_size) + 1
     return cdiv(max_model_len, block_size)
@@ -180,13 +186,7 @@ def kv_capacity(layout: KVLayout, kv_bytes: int, max_model_len: int,
     return KVCapacity(num_blocks=num_blocks, tokens=int(conc * max_model_len), max_concurrency=conc)
 
 
-def lcm(a: int, b: int) -> int:
-    return a * b // gcd(a, b)
-
-
 def bytes_per_token_at(layout: KVLayout, max_model_len: int) -> float:
     """Average cache bytes one token of a max_model_len request occupies (for planning)."""
     return layout.bytes_per_block * layout.blocks_per_request / max(1, max_model_len)
 
-
-__all__ = ["KVCapacity", "KVLayout", "LayerPage", "ceil", "kv_capacity", "kv_layout", "layer_pages"]

@@ -50,6 +50,7 @@ class ServingConfig(BaseModel):
     async_scheduling: bool = True
     kv_cache_memory_bytes: int | None = Field(default=None, gt=0)  # fixed KV space (CPU backend)
     num_gpu_blocks_override: int | None = Field(default=None, gt=0)
+    enable_prefix_caching: bool = True  # vLLM's default; hybrid models then pin extra state blocks
     ssm_cache_dtype: str = "auto"  # Mamba/linear-attention state dtype ("float32" on vLLM's CPU backend)
 
     @model_validator(mode="after")
@@ -216,7 +217,7 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig,
         pages = layer_pages(spec, tp, cfg.kv_cache_dtype, stage, cfg.ssm_cache_dtype)
         if not pages or all(p.kind is Mixer.NONE for p in pages):
             continue
-        lay = kv_layout(pages, cfg.block_size, max_len, in_flight)
+        lay = kv_layout(pages, cfg.block_size, max_len, in_flight, prefix_caching=cfg.enable_prefix_caching)
         c = kv_capacity(lay, kv_bytes, max_len, cfg.num_gpu_blocks_override)
         if cap is None or c.num_blocks < cap.num_blocks:
             cap, layout = c, lay
