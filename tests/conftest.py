@@ -33,7 +33,34 @@ def namespace(api, request: pytest.FixtureRequest) -> Iterator[str]:  # type: ig
     from kubernetes import client
 
     core = client.CoreV1Api(api)
-    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    import re
+    import uuid
+
+    slug = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower().replace("_", "-"))[:40].strip("-")
+    name = f"t-{slug}-{uuid.uuid4().hex[:5]}"
     core.create_namespace({"metadata": {"name": name}})
     yield name
     core.delete_namespace(name)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster: LocalCluster) -> None:
+    cluster.kubectl("apply", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.kvscale.io", "--timeout=60s")
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: LocalCluster, crd_installed: None, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from kvscale.testing.operator_process import OperatorProcess
+
+    op = OperatorProcess(kubeconfig=cluster.kubeconfig,
+                         log_path=tmp_path_factory.mktemp("operator") / "operator.log",
+                         extra_env={"KVSCALE_REPLAN_INTERVAL": "5"})
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()

@@ -38,6 +38,37 @@ def read_deployment(api: client.ApiClient, namespace: str, name: str) -> Any | N
         raise
 
 
+def update_status(api: client.ApiClient, namespace: str, name: str, fields: dict[str, Any],
+                  condition_updates: list[tuple[str, bool, str, str]], now: str, attempts: int = 5) -> bool:
+    """Merge ``fields`` into .status and set conditions on the freshest copy (optimistic concurrency),
+    so writers of different conditions never erase each other's. Returns whether anything was written."""
+    from . import conditions as c
+
+    for _ in range(attempts):
+        obj = read_llmd(api, namespace, name)
+        if obj is None:
+            return False
+        status = obj.get("status") or {}
+        gen = obj["metadata"].get("generation")
+        conds = list(status.get("conditions") or [])
+        new = conds
+        for ctype, ok, reason, message in condition_updates:
+            new = c.set_condition(new, ctype, ok, reason, message, gen, now)
+        changed = {k: v for k, v in fields.items() if status.get(k) != v}
+        if not changed and c.same_conditions(new, conds):
+            return False
+        body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                "status": {**changed, "conditions": new}}
+        try:
+            client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, body)
+            return True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    raise RuntimeError(f"status of {namespace}/{name} kept changing under us ({attempts} conflicts)")
+
+
 def patch_llmd_status(api: client.ApiClient, namespace: str, name: str, status: dict[str, Any]) -> None:
     client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL, name, {"status": status})
@@ -51,3 +82,20 @@ def read_llmd(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any
         if exc.status == 404:
             return None
         raise
+
+
+def post_event(api: client.ApiClient, obj: dict[str, Any], etype: str, reason: str, message: str,
+               now: str) -> None:
+    """A core/v1 Event on ``obj`` (what `kubectl describe` shows)."""
+    meta = obj["metadata"]
+    ns = meta["namespace"]
+    body = {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": ns},
+        "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
+                           "namespace": ns, "uid": meta.get("uid")},
+        "type": etype, "reason": reason, "message": message[:1024],
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        "source": {"component": "kvscale-operator"}, "reportingComponent": "kvscale.io/operator",
+        "reportingInstance": "kvscale-operator",
+    }
+    client.CoreV1Api(api).create_namespaced_event(ns, body)

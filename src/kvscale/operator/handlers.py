@@ -12,7 +12,7 @@ from kubernetes import client, config
 from ..estimator.gpus import GPUCatalog, load_catalog
 from . import conditions as c
 from . import metrics
-from .apply import patch_llmd_status, read_deployment, read_llmd, server_side_apply
+from .apply import post_event, read_deployment, server_side_apply, update_status
 from .discovery import gpu_options
 from .reconcile import Event, availability, reconcile
 from .render import INSTANCE_LABEL
@@ -56,7 +56,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
-    settings.posting.level = logging.INFO
+    settings.posting.level = logging.WARNING  # Events are ours (kopf.info/warn), not handler chatter
     settings.watching.server_timeout = 300
     if STATE.settings.peering is None:
         settings.peering.standalone = True
@@ -87,11 +87,12 @@ def _nodes(index: kopf.Index[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _post(body: kopf.Body, events: list[Event]) -> None:
+    obj = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(body["metadata"])}
     for ev in events:
-        if ev.type == "Warning":
-            kopf.warn(body, reason=ev.reason, message=ev.message)
-        else:
-            kopf.info(body, reason=ev.reason, message=ev.message)
+        try:
+            post_event(_api(), obj, ev.type, ev.reason, ev.message, _now())
+        except client.ApiException as exc:  # an Event lost is not worth a retry storm
+            log.warning("could not post Event %s on %s: %s", ev.reason, body["metadata"]["name"], exc.reason)
 
 
 def _reconcile(body: kopf.Body, gpu_nodes: kopf.Index[str, dict[str, Any]]) -> bool:
@@ -107,8 +108,8 @@ def _reconcile(body: kopf.Body, gpu_nodes: kopf.Index[str, dict[str, Any]]) -> b
         except client.ApiException as exc:
             metrics.ERRORS.labels("apply").inc()
             raise kopf.TemporaryError(f"applying {obj['kind']} {name}: {exc.status} {exc.reason}", delay=15) from exc
-    if rec.status:
-        patch_llmd_status(api, ns, name, rec.status)
+    if rec.status or rec.conditions:
+        update_status(api, ns, name, rec.status, rec.conditions, _now())
     _post(body, rec.events)
     if rec.plan_changed:
         metrics.PLAN_CHANGES.inc()
@@ -140,22 +141,14 @@ def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     if not owners or type == "DELETED":
         return
     ns, name = body["metadata"]["namespace"], owners[0]["name"]
-    api = _api()
-    llmd = read_llmd(api, ns, name)
-    if llmd is None:
-        return
     st = body.get("status", {}) or {}
     desired = int(body.get("spec", {}).get("replicas") or 0)
     ready, updated = int(st.get("readyReplicas") or 0), int(st.get("updatedReplicas") or 0)
     seen = int(st.get("observedGeneration") or 0) >= int(body["metadata"].get("generation") or 0)
     ok, reason, message = availability(ready, desired, updated, seen)
-    status = llmd.get("status") or {}
-    gen = llmd["metadata"].get("generation")
-    conds = c.set_condition(list(status.get("conditions") or []), c.AVAILABLE, ok, reason, message, gen, _now())
     rolling = not (ready >= desired and updated >= desired and seen)
-    conds = c.set_condition(conds, c.PROGRESSING, rolling, "Rollout" if rolling else "Complete",
-                            message, gen, _now())
-    patch = {"replicas": int(st.get("replicas") or 0), "readyReplicas": ready}
-    if any(status.get(k) != v for k, v in patch.items()) or not c.same_conditions(conds, status.get("conditions")):
-        patch_llmd_status(api, ns, name, {**patch, "conditions": conds})
-        metrics.ACTUAL.labels(ns, name).set(ready)
+    updates = [(c.AVAILABLE, ok, reason, message),
+               (c.PROGRESSING, rolling, "Rollout" if rolling else "Complete", message)]
+    fields = {"replicas": int(st.get("replicas") or 0), "readyReplicas": ready}
+    update_status(_api(), ns, name, fields, updates, _now())
+    metrics.ACTUAL.labels(ns, name).set(ready)

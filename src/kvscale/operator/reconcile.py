@@ -26,6 +26,7 @@ class Event:
 class Reconciliation:
     apply: list[dict[str, Any]] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)  # merge patch for .status ({} = nothing to write)
+    conditions: list[tuple[str, bool, str, str]] = field(default_factory=list)  # (type, status, reason, msg)
     events: list[Event] = field(default_factory=list)
     planned: bool = False
     plan_changed: bool = False
@@ -50,7 +51,8 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     if isinstance(spec, str):
         new = c.set_condition(conds, c.PLANNED, False, "InvalidSpec", spec, generation, now)
         if not c.same_conditions(new, conds):
-            out.status = {"conditions": new, "observedGeneration": generation}
+            out.status = {"observedGeneration": generation}
+            out.conditions = [(c.PLANNED, False, "InvalidSpec", spec)]
             out.events.append(Event("Warning", "InvalidSpec", spec))
         return out
 
@@ -58,8 +60,8 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     if not outcome.ok:
         new = c.set_condition(conds, c.PLANNED, False, outcome.reason, outcome.message, generation, now)
         if not c.same_conditions(new, conds) or status.get("observedGeneration") != generation:
-            out.status = {"conditions": new, "observedGeneration": generation,
-                          "rejected": rejected(outcome.result)}
+            out.status = {"observedGeneration": generation, "rejected": rejected(outcome.result)}
+            out.conditions = [(c.PLANNED, False, outcome.reason, outcome.message)]
             out.events.append(Event("Warning", outcome.reason, outcome.message))
         return out
 
@@ -75,11 +77,11 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     if unchanged:
         return out
     out.apply = render(name, namespace, uid, spec, p, catalog, h, replicas)
-    new = c.set_condition(conds, c.PLANNED, True, "Planned", outcome.message, generation, now)
+    out.conditions = [(c.PLANNED, True, "Planned", outcome.message)]
     if out.plan_changed:
-        new = c.set_condition(new, c.PROGRESSING, True, "Rollout", f"rolling out {p.summary()}", generation, now)
+        out.conditions.append((c.PROGRESSING, True, "Rollout", f"rolling out {p.summary()}"))
     out.status = {
-        "observedGeneration": generation, "conditions": new,
+        "observedGeneration": generation,
         "plan": plan_status(p, catalog).model_dump(by_alias=True),
         "planHash": h, "alternatives": [a.model_dump(by_alias=True) for a in alternatives(outcome.result)],
         "rejected": rejected(outcome.result), "selector": selector_string(name),

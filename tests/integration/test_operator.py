@@ -1,0 +1,241 @@
+"""The operator against the real control plane with kwok GPU nodes."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from kvscale.estimator.catalog import resolve_model
+from kvscale.estimator.gpus import default_catalog
+from kvscale.estimator.planner import GPUOption, PlanRequest, plan
+from kvscale.operator.resource import GROUP, PLURAL, VERSION
+from kvscale.testing.cluster import LocalCluster
+
+pytestmark = pytest.mark.cluster
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            last = None
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def llmd(name: str, model: str = "meta-llama/Llama-3.1-70B-Instruct", max_len: int = 32768,
+         gpus: list[str] | None = None, concurrency: int = 16, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment", "metadata": {"name": name},
+        "spec": {"model": {"name": model}, "serving": {"maxModelLen": max_len, "targetConcurrency": concurrency},
+                 "placement": {"gpuTypes": gpus if gpus is not None else ["H100-80GB", "L4"]}},
+    }
+    for key, value in spec.items():
+        body["spec"][key] = value
+    return body
+
+
+def get(api: Any, ns: str, name: str) -> dict[str, Any]:
+    return dict(client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name))
+
+
+def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == ctype), None)
+
+
+def create(api: Any, ns: str, body: dict[str, Any]) -> None:
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+
+
+def events_for(api: Any, ns: str, name: str) -> list[Any]:
+    return [e for e in client.CoreV1Api(api).list_namespaced_event(ns).items if e.involved_object.name == name]
+
+
+def expected_plan(model: str, max_len: int, gpus: list[str]) -> Any:
+    """What the planner says for the kwok fleet (H100 and A100 nodes have 8 GPUs, L4 nodes 1)."""
+    cat = default_catalog()
+    per_node = {"H100-80GB": 8, "A100-80GB": 8, "L4": 1}
+    nodes = {"H100-80GB": 2, "A100-80GB": 2, "L4": 4}
+    opts = tuple(GPUOption(gpu=cat.get(g), gpus_per_node=per_node[g], nodes=nodes[g]) for g in sorted(gpus))
+    return plan(resolve_model(model), PlanRequest(max_model_len=max_len, concurrency=16, options=opts,
+                                                  gpu_memory_utilization=0.9)).best
+
+
+def test_70b_is_planned_on_h100_and_runs(api, namespace: str, operator, cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
+    create(api, namespace, llmd("llama70b"))
+    obj = wait_for(lambda: (o := get(api, namespace, "llama70b")).get("status", {}).get("plan") and o,
+                   what="plan in status")
+    want = expected_plan("meta-llama/Llama-3.1-70B-Instruct", 32768, ["H100-80GB", "L4"])
+    p = obj["status"]["plan"]
+    assert (p["gpu"], p["tensorParallelSize"], p["quantization"]) == (
+        want.gpu, want.tensor_parallel_size, want.quantization.value)
+    assert p["gpu"] == "H100-80GB" and p["tensorParallelSize"] >= 2
+    assert condition(obj, "Planned")["status"] == "True"
+
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    dep = wait_for(lambda: apps.read_namespaced_deployment("llama70b", namespace), what="Deployment")
+    c = dep.spec.template.spec.containers[0]
+    assert c.resources.limits["nvidia.com/gpu"] == str(p["tensorParallelSize"])
+    args = c.args
+    assert args[args.index("--tensor-parallel-size") + 1] == str(p["tensorParallelSize"])
+    assert args[args.index("--max-model-len") + 1] == "32768"
+    assert dep.metadata.owner_references[0].kind == "LLMDeployment"
+    wait_for(lambda: (o := get(api, namespace, "llama70b")) and (cnd := condition(o, "Available"))
+             and cnd["status"] == "True", what="Available=True")
+    pods = core.list_namespaced_pod(namespace, label_selector="kvscale.io/llmdeployment=llama70b").items
+    assert pods and all(core.read_node(pd.spec.node_name).metadata.labels["nvidia.com/gpu.product"]
+                        == "NVIDIA-H100-80GB-HBM3" for pd in pods)
+    table = cluster.kubectl("get", "llmd", "llama70b", "-n", namespace).stdout
+    assert re.search(r"llama70b\s+meta-llama/Llama-3.1-70B-Instruct\s+H100-80GB\s+\d+\s+bf16\s+1\s+1", table), table
+    reasons = {e.reason for e in events_for(api, namespace, "llama70b")}
+    assert "Planned" in reasons
+    assert "kvscale_reconciles_total" in operator.metrics()
+
+
+def test_spec_change_replans_and_rolls_out(api, namespace: str, operator) -> None:  # type: ignore[no-untyped-def]
+    create(api, namespace, llmd("roll", model="meta-llama/Llama-3.1-8B-Instruct", max_len=8192, gpus=["L4"],
+                               concurrency=2))
+    apps = client.AppsV1Api(api)
+    dep = wait_for(lambda: apps.read_namespaced_deployment("roll", namespace), what="Deployment")
+    first_gen = dep.metadata.generation
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "roll", {"spec": {"serving": {"maxModelLen": 16384}}})
+
+    def rolled() -> Any:
+        d = apps.read_namespaced_deployment("roll", namespace)
+        a = d.spec.template.spec.containers[0].args
+        return a[a.index("--max-model-len") + 1] == "16384" and d
+
+    dep = wait_for(rolled, what="new --max-model-len")
+    assert dep.metadata.generation > first_gen
+    obj = wait_for(lambda: (o := get(api, namespace, "roll"))["status"].get("observedGeneration") == 2 and o,
+                   what="observedGeneration 2")
+    assert obj["status"]["plan"]["kvCacheTokens"] > 0
+
+
+def test_delete_garbage_collects_children(api, namespace: str, operator) -> None:  # type: ignore[no-untyped-def]
+    create(api, namespace, llmd("gone", model="Qwen/Qwen2.5-7B-Instruct", max_len=8192, gpus=["L4"], concurrency=2))
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    wait_for(lambda: apps.read_namespaced_deployment("gone", namespace), what="Deployment")
+    wait_for(lambda: core.read_namespaced_service("gone", namespace), what="Service")
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
+    wait_for(lambda: not apps.list_namespaced_deployment(namespace).items, what="Deployment collected")
+    wait_for(lambda: not [s for s in core.list_namespaced_service(namespace).items if s.metadata.name == "gone"],
+             what="Service collected")
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+         "autoscaling.minReplicas must be <= autoscaling.maxReplicas"),
+        ({"serving": {"maxModelLen": -1}}, "spec.serving.maxModelLen"),
+        ({"serving": {"maxModelLen": 4096, "gpuMemoryUtilization": 1.5}}, "spec.serving.gpuMemoryUtilization"),
+        ({"placement": {"quantization": ["int3"]}}, "spec.placement.quantization[0]"),
+        ({"autoscaling": {"metrics": {"type": "prometheus"}}}, "prometheusURL is required"),
+    ],
+)
+def test_invalid_objects_are_rejected_at_admission(api, namespace: str, crd_installed: None,  # type: ignore[no-untyped-def]
+                                                    patch: dict[str, Any], message: str) -> None:
+    body = llmd("bad")
+    for key, value in patch.items():
+        body["spec"].setdefault(key, {}).update(value)
+    with pytest.raises(ApiException) as err:
+        create(api, namespace, body)
+    assert err.value.status == 422
+    assert message in json.loads(err.value.body)["message"]
+
+
+def test_impossible_model_gets_planned_false_with_numbers(api, namespace: str, operator) -> None:  # type: ignore[no-untyped-def]
+    create(api, namespace, llmd("huge", model="meta-llama/Llama-3.1-405B-Instruct", gpus=["L4"]))
+    obj = wait_for(lambda: (o := get(api, namespace, "huge")) and condition(o, "Planned") and o,
+                   what="Planned condition")
+    cond = condition(obj, "Planned")
+    assert cond["status"] == "False" and cond["reason"] == "InsufficientGPUMemory"
+    assert re.search(r"\d+(\.\d+)? GiB", cond["message"]) and "L4" in cond["message"]
+    assert not client.AppsV1Api(api).list_namespaced_deployment(namespace).items
+    wait_for(lambda: any(e.reason == "InsufficientGPUMemory" and e.type == "Warning"
+                         for e in events_for(api, namespace, "huge")), what="Warning event")
+
+
+def test_unknown_model_offline(api, namespace: str, operator) -> None:  # type: ignore[no-untyped-def]
+    create(api, namespace, llmd("mystery", model="acme/never-heard-of-it-7b"))
+    obj = wait_for(lambda: (o := get(api, namespace, "mystery")) and condition(o, "Planned") and o,
+                   what="Planned condition")
+    cond = condition(obj, "Planned")
+    assert cond["reason"] == "ModelUnknown" and "acme/never-heard-of-it-7b" in cond["message"]
+
+
+def test_model_from_architecture_override(api, namespace: str, operator) -> None:  # type: ignore[no-untyped-def]
+    arch = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
+            "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 4,
+            "intermediate_size": 8192, "vocab_size": 32000, "max_position_embeddings": 8192}
+    body = llmd("custom", model="acme/private-2b", max_len=8192, gpus=["L4"], concurrency=2)
+    body["spec"]["model"]["architecture"] = arch
+    create(api, namespace, body)
+    obj = wait_for(lambda: (o := get(api, namespace, "custom")).get("status", {}).get("plan") and o,
+                   what="plan for a custom architecture")
+    assert obj["status"]["plan"]["gpu"] == "L4"
+
+
+def _writes(cluster: LocalCluster) -> int:
+    with cluster.http() as h:
+        text = h.get("/metrics").text
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{") and re.search(
+                r'resource="(llmdeployments|deployments|services|events)"', line) and re.search(
+                r'verb="(PATCH|PUT|POST|APPLY|DELETE)"', line):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def test_idle_operator_and_restart_cause_no_writes(api, namespace: str, operator, cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
+    create(api, namespace, llmd("steady", model="Qwen/Qwen2.5-7B-Instruct", max_len=8192, gpus=["L4"], concurrency=2))
+    apps = client.AppsV1Api(api)
+    wait_for(lambda: (o := get(api, namespace, "steady")) and (c := condition(o, "Available"))
+             and c["status"] == "True", what="Available")
+    core = client.CoreV1Api(api)
+    # other tests' namespaces are still being deleted (finalizers, GC): let that traffic finish first
+    wait_for(lambda: not [n for n in core.list_namespace().items
+                          if n.metadata.name.startswith("t-") and n.metadata.name != namespace],
+             timeout=120, what="other test namespaces gone")
+    time.sleep(3)
+    before = _writes(cluster)
+    dep = apps.read_namespaced_deployment("steady", namespace)
+    status = get(api, namespace, "steady")["status"]
+    time.sleep(12)  # spans a re-plan timer tick
+    assert _writes(cluster) == before, "idle operator wrote to the API"
+
+    operator.stop()
+    operator.start()
+    time.sleep(8)
+    after = apps.read_namespaced_deployment("steady", namespace)
+    assert after.metadata.generation == dep.metadata.generation  # no spurious rollout
+    assert len(apps.list_namespaced_deployment(namespace).items) == 1
+    new_status = get(api, namespace, "steady")["status"]
+    assert new_status["plan"] == status["plan"] and new_status["planHash"] == status["planHash"]
+    assert _writes(cluster) - before <= 2  # kopf may refresh its own bookkeeping once
+
+
+def test_crds_directory_is_current() -> None:
+    from pathlib import Path
+
+    from kvscale.operator.crd import crd_yaml
+
+    on_disk = (Path(__file__).resolve().parents[2] / "crds" / "kvscale.io_llmdeployments.yaml").read_text()
+    assert on_disk == crd_yaml(), "crds/ is stale: run `kvscale crd -o crds/kvscale.io_llmdeployments.yaml`"
