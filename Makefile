@@ -36,7 +36,7 @@ test-unit: venv
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 ## Everything: unit, real control plane, real vLLM.
-test: venv binaries vllm-env
+test: venv binaries vllm-env lint typecheck
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
 
 bench: venv

@@ -141,6 +141,10 @@ def _err(est: float | None, ref: float | None) -> float | None:
     return (est - ref) / ref * 100
 
 
+def fmt(e: float | None) -> str:
+    return "" if e is None else f"{e:+.1f}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="write per-record results here")
@@ -163,7 +167,6 @@ def main() -> int:
         for lst, e in ((w_err, we), (t_err, te), (l_err, le)):
             if e is not None and not r["excluded"]:
                 lst.append(abs(e))
-        fmt = (lambda e: "" if e is None else f"{e:+.1f}")
         t.add_row(r["id"][:44] + (" *" if r["excluded"] else ""), str(r["tp"]),
                   f"{r['weights_reported'] or '-'} / {r['weights_est']:.2f}", fmt(we),
                   f"{r['kv_gib_reported'] or '-'} / {r['kv_gib_est']:.2f}",

@@ -36,7 +36,8 @@ def test_mla_latent_is_replicated_across_tp() -> None:
 
 def _alternating(window: int) -> list[LayerPage]:
     bpt = 2 * 4 * 256 * 2  # 4 kv heads, head_dim 256, bf16
-    return [LayerPage(Mixer.SLIDING, bytes_per_token=bpt, window=window), LayerPage(Mixer.FULL, bytes_per_token=bpt)] * 2
+    sliding = LayerPage(Mixer.SLIDING, bytes_per_token=bpt, window=window)
+    return [sliding, LayerPage(Mixer.FULL, bytes_per_token=bpt)] * 2
 
 
 @pytest.mark.parametrize(("max_len", "tokens"), [(8192, 65472), (32768, 104816)])

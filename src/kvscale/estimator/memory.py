@@ -241,6 +241,7 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig,
         activation_bytes=activation, non_torch_bytes=non_torch, cuda_graph_bytes=graphs,
         kv_cache_bytes=kv_bytes, num_blocks=cap.num_blocks, block_size=layout.block_size,
         kv_cache_tokens=cap.tokens, max_concurrency=cap.max_concurrency, max_model_len=max_len,
-        kv_bytes_per_token=per_req_bytes / max_len, kv_groups=layout.num_groups, max_num_batched_tokens=tokens, max_num_seqs=seqs,
+        kv_bytes_per_token=per_req_bytes / max_len, kv_groups=layout.num_groups,
+        max_num_batched_tokens=tokens, max_num_seqs=seqs,
         total_params=params.total, fits=fits, reason=reason,
     )

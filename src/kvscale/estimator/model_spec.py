@@ -237,8 +237,9 @@ def _quantization(cfg: dict[str, Any]) -> CheckpointQuantization | None:
     bits = q.get("bits") or q.get("w_bit")
     group = q.get("group_size") or q.get("q_group_size")
     if method == "compressed-tensors":
-        groups = q.get("config_groups") or {}
-        weights = next(iter(groups.values()), {}).get("weights", {}) if groups else {}
+        groups: dict[str, Any] = q.get("config_groups") or {}
+        first: dict[str, Any] = next(iter(groups.values()), {}) if groups else {}
+        weights: dict[str, Any] = first.get("weights") or {}
         bits = weights.get("num_bits", bits)
         group = weights.get("group_size", group)
         wtype = weights.get("type", "int")
@@ -270,7 +271,7 @@ def _vision_params(cfg: dict[str, Any], text_hidden: int) -> int:
     patches = (v["image_size"] // v["patch_size"]) ** 2
     embed = v["num_channels"] * v["patch_size"] ** 2 * h + h + patches * h
     projector = h * text_hidden + h
-    return n * per_layer + embed + 2 * h + projector
+    return int(n * per_layer + embed + 2 * h + projector)
 
 
 def from_hf_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
@@ -322,9 +323,9 @@ def from_hf_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
     dtype = str(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16").replace("torch.", "")
     max_pos = raw.get("max_position_embeddings") or raw.get("n_positions") or 4096
     rope = raw.get("rope_scaling") or {}
-    if isinstance(rope, dict) and rope.get("original_max_position_embeddings") and rope.get("factor") \
-            and rope.get("rope_type", rope.get("type")) == "yarn" and max_pos <= rope["original_max_position_embeddings"]:
-        max_pos = int(rope["original_max_position_embeddings"] * rope["factor"])
+    original = rope.get("original_max_position_embeddings") if isinstance(rope, dict) else None
+    if original and rope.get("factor") and rope.get("rope_type", rope.get("type")) == "yarn" and max_pos <= original:
+        max_pos = int(original * rope["factor"])
     return ModelSpec(
         name=name, architecture=str(archs[0]), model_type=model_type, hidden_size=hidden, num_layers=n,
         num_attention_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,

@@ -155,8 +155,8 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
                     continue
                 seen.add(key)
 
-                def reject(reason: str, tp: int = tp, quant: Quantization = quant) -> None:
-                    rejections.append(Rejection(gpu=gpu.name, tensor_parallel_size=tp,
+                def reject(reason: str, tp: int = tp, quant: Quantization = quant, name: str = gpu.name) -> None:
+                    rejections.append(Rejection(gpu=name, tensor_parallel_size=tp,
                                                 quantization=quant.value, reason=reason))
 
                 if tp > req.max_gpus_per_replica:

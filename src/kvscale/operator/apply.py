@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client import ApiException
 
 from .resource import GROUP, PLURAL, VERSION
 
@@ -77,7 +77,7 @@ def patch_llmd_status(api: client.ApiClient, namespace: str, name: str, status: 
 def read_llmd(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
     try:
         obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        return dict(obj)
+        return obj if isinstance(obj, dict) else None
     except ApiException as exc:
         if exc.status == 404:
             return None
@@ -98,4 +98,4 @@ def post_event(api: client.ApiClient, obj: dict[str, Any], etype: str, reason: s
         "source": {"component": "kvscale-operator"}, "reportingComponent": "kvscale.io/operator",
         "reportingInstance": "kvscale-operator",
     }
-    client.CoreV1Api(api).create_namespaced_event(ns, body)
+    client.CoreV1Api(api).create_namespaced_event(ns, body)  # type: ignore[arg-type]

@@ -38,9 +38,9 @@ def _now() -> str:
 def _api() -> client.ApiClient:
     if STATE.api is None:
         try:
-            config.load_incluster_config()
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
-            config.load_kube_config()
+            config.load_kube_config()  # type: ignore[no-untyped-call]
         STATE.api = client.ApiClient()
     return STATE.api
 
@@ -121,17 +121,16 @@ def _reconcile(body: kopf.Body, gpu_nodes: kopf.Index[str, dict[str, Any]]) -> b
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 @kopf.on.resume(GROUP, VERSION, PLURAL)
-def plan_and_apply(body: kopf.Body, gpu_nodes: kopf.Index[str, dict[str, Any]], **_: Any) -> None:
-    _reconcile(body, gpu_nodes)
+def plan_and_apply(body: kopf.Body, **kwargs: Any) -> None:
+    _reconcile(body, kwargs["gpu_nodes"])
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=30.0, initial_delay=10.0, idle=None)
-def replan_unplanned(body: kopf.Body, status: kopf.Status, gpu_nodes: kopf.Index[str, dict[str, Any]],
-                     **_: Any) -> None:
+def replan_unplanned(body: kopf.Body, status: kopf.Status, **kwargs: Any) -> None:
     """Impossible requests are retried as the cluster changes (new node types, freed capacity)."""
     planned = c.get_condition(list(status.get("conditions") or []), c.PLANNED)
     if planned is None or planned.get("status") != "True":
-        _reconcile(body, gpu_nodes)
+        _reconcile(body, kwargs["gpu_nodes"])
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={INSTANCE_LABEL: kopf.PRESENT})

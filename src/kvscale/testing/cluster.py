@@ -224,7 +224,8 @@ class LocalCluster:
     def _write_kubeconfig(self, path: Path, ca: Path, pair: CertPair) -> Path:
         cfg = {
             "apiVersion": "v1", "kind": "Config", "current-context": "kvscale-local",
-            "clusters": [{"name": "kvscale-local", "cluster": {"server": self.server, "certificate-authority": str(ca)}}],
+            "clusters": [{"name": "kvscale-local",
+                          "cluster": {"server": self.server, "certificate-authority": str(ca)}}],
             "users": [{"name": "user", "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)}}],
             "contexts": [{"name": "kvscale-local", "context": {"cluster": "kvscale-local", "user": "user"}}],
         }
@@ -270,7 +271,7 @@ class LocalCluster:
     def api_client(self) -> Any:
         from kubernetes import client, config
 
-        return config.new_client_from_config(str(self.kubeconfig)) if client else None
+        return config.new_client_from_config(str(self.kubeconfig)) if client else None  # type: ignore[no-untyped-call]
 
     def component_rss_bytes(self) -> dict[str, int]:
         out = {}

@@ -7,6 +7,7 @@ so that modest load fills it. The server exports the same ``vllm:*`` metrics as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -148,10 +149,8 @@ class VLLMServer:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=timeout)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(timeout=5)
 
     def __enter__(self) -> VLLMServer:
