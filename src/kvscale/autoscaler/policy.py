@@ -1,0 +1,150 @@
+"""The KV-cache autoscaling policy: ``decide(snapshot, state, spec) -> (state, Decision)``. Pure.
+
+Replicas follow memory pressure. The recommendation is the replica count that would bring
+the observed KV-cache load to the target (``ceil(sum of per-replica usage / target)``),
+raised when requests queue or get preempted. Like the HPA and Knative's KPA, scale-ups take
+the smallest recommendation of a short window, scale-downs the largest of a long one, so
+the count never drops below what recent load needed and never reverses inside a window.
+Panic mode (a burst that needs at least twice the replicas, or a nearly full cache with a
+queue) scales up at once and forbids scale-down for a stable window. Missing data holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from . import window
+from .snapshot import Snapshot
+
+PANIC_KV = 0.95  # a replica this full with a queue is about to preempt
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_kv: float = 0.7
+    max_waiting_per_replica: float = 2.0
+    max_preemptions_per_s: float = 0.1
+    scale_up_window_s: float = 0.0
+    scale_down_window_s: float = 300.0
+    max_scale_up_step: int = 4
+    panic_window_s: float = 60.0  # how long panic forbids scale-down
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    recommendations: tuple[window.Sample, ...] = ()
+    preemption_totals: dict[str, float] = field(default_factory=dict)
+    last_t: float | None = None
+    panic_until: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    valid: bool
+    current: int
+    desired: int
+    reason: str
+    panic: bool = False
+    limited: str = ""  # why the count is held below what load asks for
+
+    @property
+    def direction(self) -> str:
+        return "up" if self.desired > self.current else "down" if self.desired < self.current else "none"
+
+
+def _preemption_rate(snap: Snapshot, state: PolicyState) -> tuple[float, dict[str, float]]:
+    totals = {pod: m.preemptions_total for pod, m in snap.ready.items()}
+    if state.last_t is None or snap.now <= state.last_t:
+        return 0.0, totals
+    dt = snap.now - state.last_t
+    delta = sum(max(0.0, v - state.preemption_totals[p]) for p, v in totals.items() if p in state.preemption_totals)
+    return delta / dt, totals
+
+
+def _clamp(n: int, spec: PolicySpec) -> int:
+    return max(spec.min_replicas, min(spec.max_replicas, n))
+
+
+def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[PolicyState, Decision]:
+    now, current = snap.now, snap.replicas
+    keep = max(spec.scale_down_window_s, spec.scale_up_window_s, spec.panic_window_s) + 1.0
+    if not snap.ready:
+        if current == 0:
+            return state, Decision(True, 0, 0, "scaled to zero: no replica to measure")
+        if snap.missing:
+            why = f"no metrics from {len(snap.missing)} ready replica(s) ({', '.join(snap.missing[:3])}); holding"
+        else:
+            why = f"no ready replica yet ({snap.pending} starting, {snap.unschedulable} unschedulable); holding"
+        return state, Decision(False, current, current, why)
+
+    n = snap.observed
+    total_kv = sum(m.kv_cache_usage for m in snap.ready.values())
+    avg_kv = total_kv / n
+    waiting = sum(m.waiting for m in snap.ready.values())
+    running = sum(m.running for m in snap.ready.values())
+    rate, totals = _preemption_rate(snap, state)
+
+    reasons = []
+    rec = math.ceil(total_kv / spec.target_kv - 1e-9)
+    reasons.append(f"KV utilization {avg_kv:.2f} vs target {spec.target_kv:.2f} on {n} replica(s) -> {rec}")
+    if waiting / n > spec.max_waiting_per_replica:
+        per_replica = max(1.0, running / n)
+        queue_rec = n + math.ceil(waiting / per_replica)
+        if queue_rec > rec:
+            rec = queue_rec
+            reasons.append(f"{waiting:.0f} requests waiting -> {rec}")
+    if rate / n > spec.max_preemptions_per_s:
+        pre_rec = n + max(1, math.ceil(n * 0.5))
+        if pre_rec > rec:
+            rec = pre_rec
+            reasons.append(f"{rate:.2f} preemptions/s -> {rec}")
+    if snap.missing:  # unmeasured replicas count as loaded at the target
+        rec += len(snap.missing)
+    rec = max(rec, 0)
+
+    bursting = rec >= 2 * max(1, n) or any(m.kv_cache_usage >= PANIC_KV and m.waiting > 0
+                                          for m in snap.ready.values())
+    panic_until = now + spec.panic_window_s if bursting else state.panic_until
+    panic = panic_until is not None and now < panic_until
+
+    recs = window.append(state.recommendations, now, float(rec), keep)
+    up = rec if (spec.scale_up_window_s <= 0 or bursting) else int(window.minimum(recs, now, spec.scale_up_window_s)
+                                                                       or rec)
+    down = int(window.maximum(recs, now, spec.scale_down_window_s) or rec)
+    new_state = replace(state, recommendations=recs, preemption_totals=totals, last_t=now, panic_until=panic_until)
+
+    limited = ""
+    if snap.unschedulable:
+        limited = (f"{snap.unschedulable} replica(s) cannot be scheduled"
+                   + (f": {snap.unschedulable_reason}" if snap.unschedulable_reason else ""))
+    if up > current:
+        desired = min(up, current + spec.max_scale_up_step)
+        if snap.unschedulable:
+            desired = current  # more replicas would not schedule either
+            limited += "; not adding more"
+        elif desired < up:
+            limited = f"step limited to +{spec.max_scale_up_step}"
+    elif down < current and not panic and not snap.missing:
+        desired = 0 if down == 0 else max(down, -(-current // 2))  # at most halve per step; idle -> zero
+    else:
+        desired = current
+    clamped = _clamp(desired, spec)
+    if clamped < desired and not limited:
+        limited = f"at maxReplicas {spec.max_replicas}"
+    desired = clamped
+
+    reason = "; ".join(reasons)
+    if desired > current:
+        reason = f"scale up {current} -> {desired}: {reason}" + (" (panic)" if bursting else "")
+    elif desired < current:
+        reason = f"scale down {current} -> {desired}: {reason}; {spec.scale_down_window_s:.0f}s window below"
+    else:
+        held = "panic window" if panic and down < current else (
+            f"stabilization window wants {down}" if down > rec else "steady")
+        reason = f"hold {current}: {reason} ({held})"
+    if limited:
+        reason += f" [{limited}]"
+    return new_state, Decision(True, current, desired, reason, panic=panic, limited=limited)

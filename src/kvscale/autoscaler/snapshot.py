@@ -1,0 +1,33 @@
+"""What the autoscaler sees at one instant (values only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ReplicaMetrics:
+    """One vLLM replica's signals, as its /metrics exports them."""
+
+    kv_cache_usage: float  # 0..1 (vllm:kv_cache_usage_perc, formerly gpu_cache_usage_perc)
+    running: float
+    waiting: float
+    preemptions_total: float
+    num_gpu_blocks: int | None = None
+    block_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float
+    replicas: int  # what the scale target currently asks for
+    ready: dict[str, ReplicaMetrics]  # pod name -> metrics, for Ready pods that answered
+    missing: tuple[str, ...] = ()  # Ready pods whose metrics could not be read
+    pending: int = 0  # pods not yet Running (starting, pulling, loading)
+    unschedulable: int = 0  # pods the scheduler cannot place
+    unschedulable_reason: str = ""
+    errors: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def observed(self) -> int:
+        return len(self.ready)

@@ -1,0 +1,112 @@
+"""Metric sources behind one small interface: scrape pods, or ask Prometheus.
+
+A target that cannot be read is reported as missing, never as zero load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from .snapshot import ReplicaMetrics
+from .vllm_metrics import MetricsParseError, parse_vllm_metrics
+
+
+@dataclass(frozen=True)
+class Target:
+    """A Ready vLLM pod."""
+
+    namespace: str
+    pod: str
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Readings:
+    metrics: dict[str, ReplicaMetrics]  # pod -> metrics
+    missing: tuple[str, ...]
+    errors: tuple[str, ...]
+
+
+class MetricsSource(Protocol):
+    def read(self, targets: Sequence[Target]) -> Readings: ...
+
+
+class MetricsUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class PodScrapeSource:
+    """GET http://<pod IP>:<port>/metrics on each Ready pod (no extra dependency)."""
+
+    timeout_s: float = 3.0
+
+    def read(self, targets: Sequence[Target]) -> Readings:
+        out: dict[str, ReplicaMetrics] = {}
+        missing, errors = [], []
+        with httpx.Client(timeout=self.timeout_s) as http:
+            for t in targets:
+                try:
+                    resp = http.get(f"http://{t.ip}:{t.port}/metrics")
+                    resp.raise_for_status()
+                    out[t.pod] = parse_vllm_metrics(resp.text)
+                except (httpx.HTTPError, MetricsParseError) as exc:
+                    missing.append(t.pod)
+                    errors.append(f"{t.pod}: {type(exc).__name__}: {str(exc)[:120]}")
+        return Readings(out, tuple(missing), tuple(errors))
+
+
+@dataclass
+class PrometheusSource:
+    """PromQL over Prometheus' HTTP API, for clusters that already scrape vLLM.
+
+    Series are matched to pods by the ``namespace`` and ``pod`` labels that Kubernetes service
+    discovery (or a PodMonitor) attaches.
+    """
+
+    url: str
+    bearer_token: str | None = None
+    timeout_s: float = 5.0
+
+    QUERIES = {
+        "kv": 'max by (pod) ({metric}{{namespace="{ns}",pod=~"{pods}"}})',
+        "running": 'sum by (pod) (vllm:num_requests_running{{namespace="{ns}",pod=~"{pods}"}})',
+        "waiting": 'sum by (pod) (vllm:num_requests_waiting{{namespace="{ns}",pod=~"{pods}"}})',
+        "preempt": 'sum by (pod) (vllm:num_preemptions_total{{namespace="{ns}",pod=~"{pods}"}})',
+    }
+
+    def _query(self, http: httpx.Client, promql: str) -> dict[str, float]:
+        resp = http.get(f"{self.url.rstrip('/')}/api/v1/query", params={"query": promql})
+        resp.raise_for_status()
+        body = resp.json()
+        if body.get("status") != "success":
+            raise MetricsUnavailable(f"Prometheus: {body.get('error', 'query failed')}")
+        return {r["metric"].get("pod", ""): float(r["value"][1]) for r in body["data"]["result"]}
+
+    def read(self, targets: Sequence[Target]) -> Readings:
+        if not targets:
+            return Readings({}, (), ())
+        ns = targets[0].namespace
+        pods = "|".join(t.pod for t in targets)
+        headers = {"Authorization": f"Bearer {self.bearer_token}"} if self.bearer_token else {}
+        try:
+            with httpx.Client(timeout=self.timeout_s, headers=headers) as http:
+                kv = self._query(http, self.QUERIES["kv"].format(metric="vllm:kv_cache_usage_perc", ns=ns, pods=pods))
+                if not kv:
+                    kv = self._query(http, self.QUERIES["kv"].format(metric="vllm:gpu_cache_usage_perc", ns=ns,
+                                                                     pods=pods))
+                running = self._query(http, self.QUERIES["running"].format(ns=ns, pods=pods))
+                waiting = self._query(http, self.QUERIES["waiting"].format(ns=ns, pods=pods))
+                preempt = self._query(http, self.QUERIES["preempt"].format(ns=ns, pods=pods))
+        except (httpx.HTTPError, MetricsUnavailable, ValueError, KeyError) as exc:
+            return Readings({}, tuple(t.pod for t in targets), (f"prometheus {self.url}: {exc}",))
+        out = {t.pod: ReplicaMetrics(kv_cache_usage=kv[t.pod], running=running.get(t.pod, 0.0),
+                                     waiting=waiting.get(t.pod, 0.0), preemptions_total=preempt.get(t.pod, 0.0))
+               for t in targets if t.pod in kv}
+        missing = tuple(t.pod for t in targets if t.pod not in kv)
+        return Readings(out, missing, tuple(f"{p}: no series in Prometheus" for p in missing))

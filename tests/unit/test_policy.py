@@ -1,0 +1,109 @@
+"""The autoscaling policy on a fake clock (minutes pass instantly)."""
+
+from __future__ import annotations
+
+from kvscale.autoscaler.policy import Decision, PolicySpec, PolicyState, decide
+from kvscale.autoscaler.snapshot import ReplicaMetrics, Snapshot
+
+SPEC = PolicySpec(min_replicas=1, max_replicas=6, target_kv=0.7, scale_down_window_s=300, panic_window_s=60)
+
+
+def snap(now: float, replicas: int, kv: list[float], waiting: float = 0, preempt: float = 0,
+         **kw: object) -> Snapshot:
+    ready = {f"p{i}": ReplicaMetrics(kv_cache_usage=u, running=4, waiting=waiting / max(1, len(kv)),
+                                     preemptions_total=preempt) for i, u in enumerate(kv)}
+    return Snapshot(now=now, replicas=replicas, ready=ready, **kw)  # type: ignore[arg-type]
+
+
+def run(steps: list[Snapshot], spec: PolicySpec = SPEC) -> list[Decision]:
+    state, out = PolicyState(), []
+    for s in steps:
+        state, d = decide(s, state, spec)
+        out.append(d)
+    return out
+
+
+def test_scales_up_by_ratio_when_kv_exceeds_target() -> None:
+    (d,) = run([snap(0, 1, [0.9])])
+    assert d.valid and d.desired == 2 and "scale up 1 -> 2" in d.reason
+
+
+def test_holds_at_target() -> None:
+    (d,) = run([snap(0, 2, [0.65, 0.6])])
+    assert d.desired == 2 and d.reason.startswith("hold")
+
+
+def test_scale_down_waits_for_the_stabilization_window() -> None:
+    steps = [snap(0, 3, [0.9, 0.9, 0.2])] + [snap(t, 3, [0.1, 0.1, 0.1]) for t in range(15, 301, 15)]
+    ds = run(steps)
+    assert all(d.desired >= 3 for d in ds[:-1])  # high recommendation at t=0 still inside the window
+    after = run(steps + [snap(316, 3, [0.1, 0.1, 0.1])])[-1]
+    assert after.desired == 2 and "scale down" in after.reason  # at most halves: 3 -> max(1, 3 // 2)
+
+
+def test_never_below_what_current_load_needs() -> None:
+    steps = [snap(t, 4, [0.6, 0.6, 0.6, 0.6]) for t in range(0, 700, 30)]
+    assert all(d.desired == 4 for d in run(steps))  # 2.4 / 0.7 -> 4
+
+
+def test_no_direction_change_inside_a_window() -> None:
+    steps = [snap(0, 1, [0.95]), snap(30, 2, [0.3, 0.3]), snap(60, 2, [0.1, 0.1]), snap(200, 2, [0.05, 0.05])]
+    ds = run(steps)
+    assert ds[0].direction == "up" and all(d.direction == "none" for d in ds[1:])
+
+
+def test_queue_triggers_scale_up_even_below_kv_target() -> None:
+    (d,) = run([snap(0, 1, [0.5], waiting=12)])
+    assert d.desired > 1 and "waiting" in d.reason
+
+
+def test_preemptions_trigger_scale_up() -> None:
+    ds = run([snap(0, 2, [0.6, 0.6], preempt=0), snap(10, 2, [0.6, 0.6], preempt=10)])
+    assert ds[1].desired == 3 and "preemptions/s" in ds[1].reason
+
+
+def test_panic_burst_scales_up_at_once_and_blocks_scale_down() -> None:
+    spec = PolicySpec(min_replicas=1, max_replicas=10, target_kv=0.5, scale_down_window_s=0,
+                      scale_up_window_s=120, panic_window_s=60, max_scale_up_step=10)
+    ds = run([snap(0, 1, [0.1]), snap(10, 1, [1.0], waiting=5), snap(20, 3, [0.1, 0.1, 0.1]),
+              snap(100, 3, [0.1, 0.1, 0.1])], spec)
+    assert ds[1].desired == 3 and ds[1].panic  # the up-window would have held without panic
+    assert ds[2].desired == 3 and ds[2].panic  # no scale-down while panicking
+    assert ds[3].desired < 3 and not ds[3].panic
+
+
+def test_step_and_max_bounds() -> None:
+    spec = PolicySpec(max_replicas=5, max_scale_up_step=2, target_kv=0.1)
+    (d,) = run([snap(0, 1, [1.0])], spec)
+    assert d.desired == 3 and "step limited" in d.limited
+    (d,) = run([snap(0, 4, [1.0] * 4)], spec)
+    assert d.desired == 5
+
+
+def test_missing_metrics_hold_and_never_zero() -> None:
+    (d,) = run([Snapshot(now=0, replicas=3, ready={}, missing=("p0", "p1", "p2"))])
+    assert not d.valid and d.desired == 3 and "no metrics" in d.reason
+
+
+def test_partial_metrics_never_scale_down() -> None:
+    steps = [snap(t, 3, [0.05], missing=("p1", "p2")) for t in range(0, 1000, 30)]
+    assert all(d.desired == 3 for d in run(steps, PolicySpec(scale_down_window_s=60)))
+
+
+def test_unschedulable_replicas_stop_scale_up() -> None:
+    (d,) = run([snap(0, 2, [0.99], waiting=10, unschedulable=1,
+                     unschedulable_reason="0/8 nodes: Insufficient nvidia.com/gpu")])
+    assert d.desired == 2 and "Insufficient nvidia.com/gpu" in d.limited and "not adding more" in d.limited
+
+
+def test_scale_to_zero_only_when_allowed() -> None:
+    idle = [snap(t, 1, [0.0]) for t in range(0, 400, 30)]
+    for s in idle:
+        object.__setattr__(s, "ready", {"p0": ReplicaMetrics(0.0, 0, 0, 0)})
+    assert run(idle, PolicySpec(min_replicas=1, scale_down_window_s=120))[-1].desired == 1
+    assert run(idle, PolicySpec(min_replicas=0, scale_down_window_s=120))[-1].desired == 0
+
+
+def test_no_ready_replica_yet_holds() -> None:
+    (d,) = run([Snapshot(now=0, replicas=2, ready={}, pending=2)])
+    assert not d.valid and d.desired == 2 and "starting" in d.reason
