@@ -58,7 +58,7 @@ def operator(cluster: LocalCluster, crd_installed: None, tmp_path_factory: pytes
 
     op = OperatorProcess(kubeconfig=cluster.kubeconfig,
                          log_path=tmp_path_factory.mktemp("operator") / "operator.log",
-                         extra_env={"KVSCALE_REPLAN_INTERVAL": "5"})
+                         extra_env={"KVSCALE_AUTOSCALE_INTERVAL": "3"})
     op.start()
     try:
         yield op

@@ -42,7 +42,8 @@ def llmd(name: str, model: str = "meta-llama/Llama-3.1-70B-Instruct", max_len: i
     body: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment", "metadata": {"name": name},
         "spec": {"model": {"name": model}, "serving": {"maxModelLen": max_len, "targetConcurrency": concurrency},
-                 "placement": {"gpuTypes": gpus if gpus is not None else ["H100-80GB", "L4"]}},
+                 "placement": {"gpuTypes": gpus if gpus is not None else ["H100-80GB", "L4"]},
+                 "autoscaling": {"enabled": False}},
     }
     for key, value in spec.items():
         body["spec"][key] = value

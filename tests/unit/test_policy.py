@@ -37,8 +37,8 @@ def test_scale_down_waits_for_the_stabilization_window() -> None:
     steps = [snap(0, 3, [0.9, 0.9, 0.2])] + [snap(t, 3, [0.1, 0.1, 0.1]) for t in range(15, 301, 15)]
     ds = run(steps)
     assert all(d.desired >= 3 for d in ds[:-1])  # high recommendation at t=0 still inside the window
-    after = run(steps + [snap(316, 3, [0.1, 0.1, 0.1])])[-1]
-    assert after.desired == 2 and "scale down" in after.reason  # at most halves: 3 -> max(1, 3 // 2)
+    after = run([*steps, snap(316, 3, [0.1, 0.1, 0.1])])[-1]
+    assert after.desired == 2 and "scale down" in after.reason  # at most halves per step: 3 -> 2
 
 
 def test_never_below_what_current_load_needs() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import httpx
 
@@ -73,7 +73,7 @@ class PrometheusSource:
     bearer_token: str | None = None
     timeout_s: float = 5.0
 
-    QUERIES = {
+    QUERIES: ClassVar[dict[str, str]] = {
         "kv": 'max by (pod) ({metric}{{namespace="{ns}",pod=~"{pods}"}})',
         "running": 'sum by (pod) (vllm:num_requests_running{{namespace="{ns}",pod=~"{pods}"}})',
         "waiting": 'sum by (pod) (vllm:num_requests_waiting{{namespace="{ns}",pod=~"{pods}"}})',

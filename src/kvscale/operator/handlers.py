@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
+import os
+import time
 from typing import Any
 
 import kopf
 from kubernetes import client, config
 
+from ..autoscaler.policy import PolicyState, decide
+from ..autoscaler.snapshot import Snapshot
+from ..autoscaler.sources import MetricsSource, PodScrapeSource, PrometheusSource
 from ..estimator.gpus import GPUCatalog, load_catalog
 from . import conditions as c
 from . import metrics
 from .apply import post_event, read_deployment, server_side_apply, update_status
+from .autoscale import classify_pods, decision_record, estimator_check, mean_kv, policy_spec, with_history
 from .discovery import gpu_options
-from .reconcile import Event, availability, reconcile
-from .render import INSTANCE_LABEL
-from .resource import GROUP, KIND, PLURAL, VERSION
+from .reconcile import Event, availability, parse_spec, reconcile
+from .render import INSTANCE_LABEL, selector_string
+from .resource import GROUP, KIND, PLURAL, VERSION, LLMDeploymentSpec, MetricsSourceType
 from .settings import OperatorSettings
 
 log = logging.getLogger("kvscale.operator")
@@ -151,3 +158,72 @@ def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     fields = {"replicas": int(st.get("replicas") or 0), "readyReplicas": ready}
     update_status(_api(), ns, name, fields, updates, _now())
     metrics.ACTUAL.labels(ns, name).set(ready)
+
+
+AUTOSCALE_INTERVAL_S = float(os.environ.get("KVSCALE_AUTOSCALE_INTERVAL", "15"))
+
+
+def _source(spec: LLMDeploymentSpec, namespace: str) -> MetricsSource:
+    m = spec.autoscaling.metrics
+    if m.type is MetricsSourceType.PROMETHEUS:
+        token = None
+        if m.bearer_token_secret:
+            secret = client.CoreV1Api(_api()).read_namespaced_secret(m.bearer_token_secret, namespace)
+            token = base64.b64decode((secret.data or {}).get("token", "")).decode() or None
+        return PrometheusSource(url=m.prometheus_url or "", bearer_token=token)
+    return PodScrapeSource()
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=AUTOSCALE_INTERVAL_S, initial_delay=AUTOSCALE_INTERVAL_S, idle=None)
+def autoscale(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Measure -> decide (pure policy) -> scale through the scale subresource -> status + Event."""
+    raw, status = dict(body.get("spec", {})), dict(body.get("status") or {})
+    spec = parse_spec(raw)
+    if isinstance(spec, str) or not spec.autoscaling.enabled or not status.get("plan"):
+        return
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    api = _api()
+    pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=selector_string(name))
+    pod_dicts = [api.sanitize_for_serialization(p) for p in pods.items]  # type: ignore[no-untyped-call]
+    targets, pending, unschedulable, why = classify_pods(pod_dicts, spec.vllm.port)
+    readings = _source(spec, ns).read(targets)
+    current = spec.replicas if spec.replicas is not None else int(status.get("desiredReplicas") or 1)
+    snap = Snapshot(now=time.time(), replicas=current, ready=readings.metrics, missing=readings.missing,
+                    pending=pending, unschedulable=unschedulable, unschedulable_reason=why, errors=readings.errors)
+    state = memo.get("policy", PolicyState())
+    state, decision = decide(snap, state, policy_spec(spec.autoscaling))
+    memo["policy"] = state
+
+    now = _now()
+    dry = spec.autoscaling.dry_run
+    fields: dict[str, Any] = {"desiredReplicas": decision.desired}
+    kv = mean_kv(readings.metrics)
+    if kv is not None:
+        fields["kvCacheUtilization"] = f"{kv:.0%}"
+        metrics.KV_UTIL.labels(ns, name).set(kv)
+    check = estimator_check((status.get("plan") or {}).get("kvCacheBlocks"), readings.metrics)
+    if check:
+        fields["estimatorCheck"] = check
+        metrics.ESTIMATOR_ERROR.labels(ns, name).set(check["errorPercent"] / 100)
+    updates = [(c.METRICS_AVAILABLE, not readings.missing or bool(readings.metrics),
+                "MetricsRead" if not readings.missing else "MetricsMissing",
+                "; ".join(readings.errors)[:900] or f"read {len(readings.metrics)} replica(s)")]
+    updates.append((c.SCALING_LIMITED, bool(decision.limited), "Limited" if decision.limited else "NotLimited",
+                    decision.limited or "within bounds"))
+    metrics.DESIRED.labels(ns, name).set(decision.desired)
+    changes = decision.valid and decision.desired != current
+    if changes or (not decision.valid and (status.get("lastDecision") or {}).get("valid", True)):
+        record = decision_record(decision, now, applied=changes and not dry)
+        fields["lastDecision"] = record
+        fields["history"] = with_history(status.get("history"), record)
+    if changes and not dry:
+        client.CustomObjectsApi(api).patch_namespaced_custom_object_scale(
+            GROUP, VERSION, ns, PLURAL, name, {"spec": {"replicas": decision.desired}})
+    update_status(api, ns, name, fields, updates, now)
+    if changes:
+        reason = ("ScaleRecommended" if dry else "ScaledUp" if decision.direction == "up" else "ScaledDown")
+        _post(body, [Event("Normal", reason, decision.reason)])
+        metrics.DECISIONS.labels(decision.direction, str(not dry).lower()).inc()
+    elif not decision.valid and "lastDecision" in fields:
+        _post(body, [Event("Warning", "MetricsUnavailable", decision.reason)])

@@ -150,6 +150,9 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     "spec.autoscaling": [
         {"rule": "self.minReplicas <= self.maxReplicas",
          "message": "autoscaling.minReplicas must be <= autoscaling.maxReplicas"},
+        {"rule": "self.minReplicas > 0 || (has(self.metrics) && self.metrics.type == 'prometheus')",
+         "message": "autoscaling.minReplicas 0 needs metrics.type prometheus: with no replica left, only a "
+                    "Prometheus query can see new demand"},
         {"rule": "!has(self.metrics) || self.metrics.type != 'prometheus' || has(self.metrics.prometheusURL)",
          "message": "autoscaling.metrics.prometheusURL is required when metrics.type is prometheus"},
     ],

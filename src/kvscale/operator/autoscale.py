@@ -1,0 +1,67 @@
+"""Autoscaler glue: pods -> targets, spec -> policy settings, decision -> status (pure helpers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..autoscaler.policy import Decision, PolicySpec
+from ..autoscaler.snapshot import ReplicaMetrics
+from ..autoscaler.sources import Target
+from .resource import Autoscaling
+
+HISTORY = 20
+
+
+def policy_spec(a: Autoscaling) -> PolicySpec:
+    return PolicySpec(
+        min_replicas=a.min_replicas, max_replicas=a.max_replicas, target_kv=a.target_kv_cache_utilization,
+        max_waiting_per_replica=a.max_waiting_per_replica, max_preemptions_per_s=a.max_preemptions_per_second,
+        scale_up_window_s=float(a.scale_up_stabilization_seconds),
+        scale_down_window_s=float(a.scale_down_stabilization_seconds),
+        max_scale_up_step=a.max_scale_up_step,
+        panic_window_s=float(min(60, max(a.scale_down_stabilization_seconds, 1))),
+    )
+
+
+def classify_pods(pods: list[dict[str, Any]], port: int) -> tuple[list[Target], int, int, str]:
+    """(ready targets, pending count, unschedulable count, scheduler's message)."""
+    targets, pending, unschedulable, reason = [], 0, 0, ""
+    for p in pods:
+        meta, st = p["metadata"], p.get("status") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        conds = {c["type"]: c for c in st.get("conditions") or []}
+        sched = conds.get("PodScheduled")
+        if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
+            unschedulable += 1
+            reason = reason or sched.get("message", "")
+            continue
+        is_ready = st.get("phase") == "Running" and conds.get("Ready", {}).get("status") == "True"
+        if is_ready and st.get("podIP"):
+            targets.append(Target(meta["namespace"], meta["name"], st["podIP"], port))
+        else:
+            pending += 1
+    return targets, pending, unschedulable, reason
+
+
+def decision_record(d: Decision, now: str, applied: bool) -> dict[str, Any]:
+    return {"time": now, "replicas": d.current, "desiredReplicas": d.desired, "valid": d.valid,
+            "reason": d.reason[:512], "applied": applied}
+
+
+def with_history(history: list[dict[str, Any]] | None, record: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*(history or []), record][-HISTORY:]
+
+
+def mean_kv(metrics: dict[str, ReplicaMetrics]) -> float | None:
+    if not metrics:
+        return None
+    return sum(m.kv_cache_usage for m in metrics.values()) / len(metrics)
+
+
+def estimator_check(predicted_blocks: int | None, metrics: dict[str, ReplicaMetrics]) -> dict[str, Any] | None:
+    observed = next((m.num_gpu_blocks for m in metrics.values() if m.num_gpu_blocks), None)
+    if not predicted_blocks or not observed:
+        return None
+    return {"predictedBlocks": predicted_blocks, "observedBlocks": observed,
+            "errorPercent": round((observed - predicted_blocks) / predicted_blocks * 100, 2)}
