@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv plan test test-unit binaries vllm-env lint typecheck crds bench clean
+.PHONY: venv demo plan test test-unit binaries vllm-env system-deps lint typecheck crds bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-## The main job on a local default: plan a 70B model over the built-in GPU catalog.
+## The main job, locally: control plane + GPU nodes, operator, real vLLM (CPU), load ramp, live view.
+demo: venv binaries vllm-env
+	$(VENV)/bin/kvscale demo
+
+## Size a 70B model over the built-in GPU catalog (no cluster needed).
 plan: venv
 	$(VENV)/bin/kvscale plan meta-llama/Llama-3.1-70B-Instruct --max-model-len 32768 --concurrency 32 \
 		--quantizations auto fp8 bitsandbytes --show-rejections
@@ -21,6 +25,10 @@ plan: venv
 ## Upstream Kubernetes binaries (cached in ~/.cache/kvscale; built with Go on first use).
 binaries: venv
 	$(PY) -m kvscale.testing.binaries
+
+## Debian's Prometheus for the Prometheus-source tests.
+system-deps:
+	@command -v prometheus >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus; }
 
 ## Real vLLM (CPU build) in its own cached virtual environment.
 vllm-env: venv
@@ -35,9 +43,12 @@ typecheck: venv
 test-unit: venv
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-## Everything: unit, real control plane, real vLLM.
-test: venv binaries vllm-env lint typecheck
+## Everything: lint, types, unit, real control plane, real vLLM, real Prometheus.
+test: venv binaries vllm-env system-deps lint typecheck
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+crds: venv
+	$(VENV)/bin/kvscale crd -o crds/kvscale.io_llmdeployments.yaml
 
 bench: venv
 	$(PY) bench/estimator_accuracy.py

@@ -14,6 +14,11 @@ DEFAULT_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "
 
 def add_cluster_commands(sub: Any) -> None:
     add_operator_commands(sub)
+    demo = sub.add_parser("demo", help="local end-to-end run: control plane, operator, real vLLM, load ramp")
+    demo.add_argument("--duration", type=float, default=240.0, help="seconds of load (default %(default)s)")
+    demo.add_argument("--window", type=int, default=40, help="scale-down stabilization window in seconds")
+    demo.add_argument("--peak", type=int, default=12, help="peak concurrent requests")
+    demo.set_defaults(func=cmd_demo)
     dev = sub.add_parser("dev-cluster", help="local Kubernetes control plane with simulated GPU nodes (kwok)")
     dsub = dev.add_subparsers(dest="action", required=True)
     up = dsub.add_parser("up", help="start it in the background and print its KUBECONFIG")
@@ -76,6 +81,12 @@ def cmd_operator_run(args: argparse.Namespace, console: Console) -> int:
         load_catalog(settings.gpu_catalog)  # fail fast with a clear message
     run(settings, verbose=args.verbose)
     return 0
+
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    from .demo import run_demo
+
+    return run_demo(console, duration_s=args.duration, window_s=args.window, peak=args.peak)
 
 
 def cmd_up(args: argparse.Namespace, console: Console) -> int:

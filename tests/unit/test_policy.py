@@ -52,9 +52,15 @@ def test_no_direction_change_inside_a_window() -> None:
     assert ds[0].direction == "up" and all(d.direction == "none" for d in ds[1:])
 
 
-def test_queue_triggers_scale_up_even_below_kv_target() -> None:
-    (d,) = run([snap(0, 1, [0.5], waiting=12)])
-    assert d.desired > 1 and "waiting" in d.reason
+def test_queue_behind_a_full_cache_sizes_by_kv_demand() -> None:
+    (d,) = run([snap(0, 1, [0.9], waiting=8)])  # 4 running hold 0.9; 12 would need 2.7 -> /0.7 -> 4
+    assert d.desired == 4 and "waiting behind a full cache" in d.reason
+
+
+def test_queue_with_free_cache_must_persist() -> None:
+    ds = run([snap(0, 1, [0.3], waiting=12), snap(5, 1, [0.3], waiting=12), snap(12, 1, [0.3], waiting=12)])
+    assert [d.desired for d in ds] == [1, 1, 2]  # a burst being admitted is not a reason; a lasting queue is
+    assert "queued for 12s" in ds[2].reason
 
 
 def test_preemptions_trigger_scale_up() -> None:
@@ -65,11 +71,11 @@ def test_preemptions_trigger_scale_up() -> None:
 def test_panic_burst_scales_up_at_once_and_blocks_scale_down() -> None:
     spec = PolicySpec(min_replicas=1, max_replicas=10, target_kv=0.5, scale_down_window_s=0,
                       scale_up_window_s=120, panic_window_s=60, max_scale_up_step=10)
-    ds = run([snap(0, 1, [0.1]), snap(10, 1, [1.0], waiting=5), snap(20, 3, [0.1, 0.1, 0.1]),
-              snap(100, 3, [0.1, 0.1, 0.1])], spec)
-    assert ds[1].desired == 3 and ds[1].panic  # the up-window would have held without panic
-    assert ds[2].desired == 3 and ds[2].panic  # no scale-down while panicking
-    assert ds[3].desired < 3 and not ds[3].panic
+    ds = run([snap(0, 1, [0.1]), snap(10, 1, [1.0], waiting=5), snap(20, 5, [0.1] * 5),
+              snap(100, 5, [0.1] * 5)], spec)
+    assert ds[1].desired == 5 and ds[1].panic  # ceil(1.0 x 9/4 / 0.5); the up-window would have held
+    assert ds[2].desired == 5 and ds[2].panic  # no scale-down while panicking
+    assert ds[3].desired < 5 and not ds[3].panic
 
 
 def test_step_and_max_bounds() -> None:

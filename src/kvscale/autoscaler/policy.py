@@ -18,6 +18,7 @@ from . import window
 from .snapshot import Snapshot
 
 PANIC_KV = 0.95  # a replica this full with a queue is about to preempt
+QUEUE_PERSIST_S = 10.0  # a queue with free KV (batch-size bound, or a burst being admitted) must last this long
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class PolicyState:
     preemption_totals: dict[str, float] = field(default_factory=dict)
     last_t: float | None = None
     panic_until: float | None = None
+    queue_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,12 +92,18 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
     reasons = []
     rec = math.ceil(total_kv / spec.target_kv - 1e-9)
     reasons.append(f"KV utilization {avg_kv:.2f} vs target {spec.target_kv:.2f} on {n} replica(s) -> {rec}")
-    if waiting / n > spec.max_waiting_per_replica:
-        per_replica = max(1.0, running / n)
-        queue_rec = n + math.ceil(waiting / per_replica)
+    queued = waiting / n > spec.max_waiting_per_replica
+    queue_since = (state.queue_since if state.queue_since is not None else now) if queued else None
+    if queued and avg_kv >= spec.target_kv and running > 0:
+        # memory-bound queue: waiting requests will need about as much KV as the running ones hold
+        queue_rec = math.ceil(total_kv * (running + waiting) / running / spec.target_kv - 1e-9)
         if queue_rec > rec:
             rec = queue_rec
-            reasons.append(f"{waiting:.0f} requests waiting -> {rec}")
+            reasons.append(f"{waiting:.0f} waiting behind a full cache -> {rec}")
+    elif queued and queue_since is not None and now - queue_since >= QUEUE_PERSIST_S:
+        if n + 1 > rec:
+            rec = n + 1
+            reasons.append(f"{waiting:.0f} requests queued for {now - queue_since:.0f}s -> {rec}")
     if rate / n > spec.max_preemptions_per_s:
         pre_rec = n + max(1, math.ceil(n * 0.5))
         if pre_rec > rec:
@@ -114,7 +122,8 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
     up = rec if (spec.scale_up_window_s <= 0 or bursting) else int(window.minimum(recs, now, spec.scale_up_window_s)
                                                                        or rec)
     down = int(window.maximum(recs, now, spec.scale_down_window_s) or rec)
-    new_state = replace(state, recommendations=recs, preemption_totals=totals, last_t=now, panic_until=panic_until)
+    new_state = replace(state, recommendations=recs, preemption_totals=totals, last_t=now, panic_until=panic_until,
+                        queue_since=queue_since)
 
     limited = ""
     if snap.unschedulable:

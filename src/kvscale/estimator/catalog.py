@@ -95,11 +95,11 @@ def resolve_model(model: str, overrides: dict[str, Any] | None = None) -> ModelS
             return from_hf_config({**json.loads((path / "config.json" if path.is_dir() else path).read_text()),
                                    **overrides}, name=spec.name)
         return spec
+    if overrides and "num_hidden_layers" in overrides:  # a full architecture was given inline
+        return from_hf_config(overrides, name=model)
     if "/" in model:
         fetched = _fetch_from_hub(model)
         if fetched is not None:
             return from_hf_config({**fetched, **(overrides or {})}, name=model)
-        if overrides and "num_hidden_layers" in overrides:
-            return from_hf_config(overrides, name=model)
         raise UnknownModel(model, "offline or not on the Hub")
     raise UnknownModel(model)

@@ -47,7 +47,8 @@ class PodVLLMRunner:
     def _pods(self) -> dict[str, str]:
         from kubernetes import client
 
-        pods = client.CoreV1Api(self.api).list_namespaced_pod(self.namespace, label_selector=self.selector).items
+        core: Any = client.CoreV1Api(self.api)
+        pods = core.list_namespaced_pod(self.namespace, label_selector=self.selector).items
         return {p.metadata.name: p.status.pod_ip for p in pods
                 if p.status.phase == "Running" and p.status.pod_ip and not p.metadata.deletion_timestamp}
 
