@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo plan test test-unit binaries vllm-env system-deps lint typecheck crds bench clean
+.PHONY: venv demo plan test test-unit binaries vllm-env system-deps lint typecheck crds deploy-manifests bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +47,14 @@ test-unit: venv
 test: venv binaries vllm-env system-deps lint typecheck
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
 
+## Regenerate what is generated: the CRD (top level and chart copy) and the kustomize base.
 crds: venv
 	$(VENV)/bin/kvscale crd -o crds/kvscale.io_llmdeployments.yaml
+	cp crds/kvscale.io_llmdeployments.yaml charts/kvscale/crds/
+
+deploy-manifests: venv binaries
+	"$$($(PY) -m kvscale.testing.binaries --which helm)" template kvscale charts/kvscale -n kvscale-system \
+		> deploy/base/kvscale.yaml
 
 bench: venv
 	$(PY) bench/estimator_accuracy.py

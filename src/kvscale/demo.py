@@ -21,6 +21,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from .autoscaler.vllm_metrics import parse_vllm_metrics
+from .operator.crd import crd_yaml
 from .operator.resource import GROUP, PLURAL, VERSION
 from .testing.cluster import LocalCluster
 from .testing.load import LoadGenerator, run_load
@@ -30,7 +31,6 @@ from .testing.vllm_server import tiny_model_config, write_model_dir
 
 NAMESPACE = "demo"
 NAME = "chat"
-REPO_CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 
 def demo_resource(window_s: int) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def run_demo(console: Console, duration_s: float = 300.0, window_s: int = 40, pe
     stop_load = threading.Event()
     try:
         cluster.start()
-        cluster.kubectl("apply", "-f", str(REPO_CRDS))
+        cluster.kubectl("apply", "-f", "-", input=crd_yaml())
         cluster.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.kvscale.io", "--timeout=60s")
         console.print(f"control plane up in {cluster.started_s:.1f}s; KUBECONFIG={cluster.kubeconfig}")
         operator = OperatorProcess(kubeconfig=cluster.kubeconfig, log_path=work / "operator.log",

@@ -100,17 +100,16 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
         if queue_rec > rec:
             rec = queue_rec
             reasons.append(f"{waiting:.0f} waiting behind a full cache -> {rec}")
-    elif queued and queue_since is not None and now - queue_since >= QUEUE_PERSIST_S:
-        if n + 1 > rec:
-            rec = n + 1
-            reasons.append(f"{waiting:.0f} requests queued for {now - queue_since:.0f}s -> {rec}")
+    elif queued and queue_since is not None and now - queue_since >= QUEUE_PERSIST_S and n + 1 > rec:
+        rec = n + 1
+        reasons.append(f"{waiting:.0f} requests queued for {now - queue_since:.0f}s -> {rec}")
     if rate / n > spec.max_preemptions_per_s:
         pre_rec = n + max(1, math.ceil(n * 0.5))
         if pre_rec > rec:
             rec = pre_rec
             reasons.append(f"{rate:.2f} preemptions/s -> {rec}")
-    if snap.missing:  # unmeasured replicas count as loaded at the target
-        rec += len(snap.missing)
+    # replicas without metrics (vLLM still loading, or gone) carry unknown load: they never justify
+    # more replicas, and block any scale-down below
     rec = max(rec, 0)
 
     bursting = rec >= 2 * max(1, n) or any(m.kv_cache_usage >= PANIC_KV and m.waiting > 0

@@ -82,6 +82,22 @@ def load_catalog(path: str | Path | None) -> GPUCatalog:
     return parse_catalog(p.read_text(), str(p))
 
 
+def load_prices(path: str | Path) -> dict[str, float]:
+    """GPU name -> price per hour, from a YAML mapping (the chart's gpuCatalog.prices)."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise EstimatorError(f"GPU prices {path}: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, int | float) and v >= 0 for v in data.values()):
+        raise EstimatorError(f"GPU prices {path}: must map GPU names to non-negative numbers")
+    known = default_catalog().names()
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise EstimatorError(f"GPU prices {path}: unknown GPU type(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    return {str(k): float(v) for k, v in data.items()}
+
+
 def custom_gpu(memory_gib: float) -> GPUType:
     """A card outside the catalog, known only by the memory vLLM sees."""
     if memory_gib <= 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
-import os
+import threading
 import time
 from typing import Any
 
@@ -15,7 +15,7 @@ from kubernetes import client, config
 from ..autoscaler.policy import PolicyState, decide
 from ..autoscaler.snapshot import Snapshot
 from ..autoscaler.sources import MetricsSource, PodScrapeSource, PrometheusSource
-from ..estimator.gpus import GPUCatalog, load_catalog
+from ..estimator.gpus import GPUCatalog, load_catalog, load_prices
 from . import conditions as c
 from . import metrics
 from .apply import post_event, read_deployment, server_side_apply, update_status
@@ -33,6 +33,12 @@ class _State:
     settings: OperatorSettings = OperatorSettings()
     catalog: GPUCatalog | None = None
     api: client.ApiClient | None = None
+    # live views of Kopf's indexes, captured from the first handler call; read by the periodic worker
+    nodes: kopf.Index[str, dict[str, Any]] | None = None
+    objects: kopf.Index[tuple[str, str], dict[str, Any]] | None = None
+    policy: dict[tuple[str, str], PolicyState] = {}  # noqa: RUF012
+    stop: threading.Event = threading.Event()
+    worker: threading.Thread | None = None
 
 
 STATE = _State()
@@ -54,7 +60,10 @@ def _api() -> client.ApiClient:
 
 def _catalog() -> GPUCatalog:
     if STATE.catalog is None:
-        STATE.catalog = load_catalog(STATE.settings.gpu_catalog)
+        catalog = load_catalog(STATE.settings.gpu_catalog)
+        if STATE.settings.gpu_prices:
+            catalog = catalog.with_prices(load_prices(STATE.settings.gpu_prices))
+        STATE.catalog = catalog
     return STATE.catalog
 
 
@@ -85,6 +94,15 @@ def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     }}
 
 
+@kopf.index(GROUP, VERSION, PLURAL)
+def llmdeployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """LLMDeployments by (namespace, name), for the periodic worker (no finalizer, unlike Kopf timers)."""
+    meta = body["metadata"]
+    return {(meta["namespace"], meta["name"]): {
+        "apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(meta),
+        "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}}
+
+
 def _nodes(index: kopf.Index[str, dict[str, Any]]) -> list[dict[str, Any]]:
     latest: dict[str, dict[str, Any]] = {}
     for name, store in index.items():
@@ -93,7 +111,7 @@ def _nodes(index: kopf.Index[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
-def _post(body: kopf.Body, events: list[Event]) -> None:
+def _post(body: kopf.Body | dict[str, Any], events: list[Event]) -> None:
     obj = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(body["metadata"])}
     for ev in events:
         try:
@@ -102,7 +120,7 @@ def _post(body: kopf.Body, events: list[Event]) -> None:
             log.warning("could not post Event %s on %s: %s", ev.reason, body["metadata"]["name"], exc.reason)
 
 
-def _reconcile(body: kopf.Body, gpu_nodes: kopf.Index[str, dict[str, Any]]) -> bool:
+def _reconcile(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, dict[str, Any]]) -> bool:
     meta, ns, name = body["metadata"], body["metadata"]["namespace"], body["metadata"]["name"]
     api = _api()
     exists = read_deployment(api, ns, name) is not None
@@ -129,20 +147,57 @@ def _reconcile(body: kopf.Body, gpu_nodes: kopf.Index[str, dict[str, Any]]) -> b
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 def plan_and_apply(body: kopf.Body, **kwargs: Any) -> None:
+    STATE.nodes, STATE.objects = kwargs["gpu_nodes"], kwargs["llmdeployments"]
     _reconcile(body, kwargs["gpu_nodes"])
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=30.0, initial_delay=10.0, idle=None)
-def replan_unplanned(body: kopf.Body, status: kopf.Status, **kwargs: Any) -> None:
+def replan_unplanned(body: dict[str, Any]) -> None:
     """Impossible requests are retried as the cluster changes (new node types, freed capacity)."""
-    planned = c.get_condition(list(status.get("conditions") or []), c.PLANNED)
-    if planned is None or planned.get("status") != "True":
-        _reconcile(body, kwargs["gpu_nodes"])
+    planned = c.get_condition(list((body.get("status") or {}).get("conditions") or []), c.PLANNED)
+    if (planned is None or planned.get("status") != "True") and STATE.nodes is not None:
+        _reconcile(body, STATE.nodes)
+
+
+def _worker() -> None:
+    """Periodic work for every LLMDeployment: autoscaling, and re-planning the unplanned."""
+    interval = STATE.settings.autoscale_interval_s
+    last_replan = time.monotonic()
+    while not STATE.stop.wait(interval):
+        if STATE.objects is None:
+            continue
+        replan = time.monotonic() - last_replan >= STATE.settings.replan_interval_s
+        if replan:
+            last_replan = time.monotonic()
+        bodies = [store_items[-1] for store_items in (list(s) for s in list(STATE.objects.values())) if store_items]
+        for body in bodies:
+            key = (body["metadata"]["namespace"], body["metadata"]["name"])
+            try:
+                if replan:
+                    replan_unplanned(body)
+                autoscale(body, key)
+            except Exception as exc:  # one object's failure must not stop the others
+                metrics.ERRORS.labels("periodic").inc()
+                log.warning("periodic work on %s/%s failed: %s", *key, exc)
+
+
+@kopf.on.startup()
+def start_worker(**_: Any) -> None:
+    STATE.stop.clear()
+    STATE.worker = threading.Thread(target=_worker, name="kvscale-periodic", daemon=True)
+    STATE.worker.start()
+
+
+@kopf.on.cleanup()
+def stop_worker(**_: Any) -> None:
+    STATE.stop.set()
+    if STATE.worker is not None:
+        STATE.worker.join(timeout=10)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={INSTANCE_LABEL: kopf.PRESENT})
-def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+def deployment_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
     """Mirror the vLLM Deployment's progress into the owning LLMDeployment's status (only on change)."""
+    STATE.nodes, STATE.objects = kwargs["gpu_nodes"], kwargs["llmdeployments"]
     owners = [o for o in body["metadata"].get("ownerReferences", []) if o.get("kind") == KIND]
     if not owners or type == "DELETED":
         return
@@ -160,9 +215,6 @@ def deployment_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     metrics.ACTUAL.labels(ns, name).set(ready)
 
 
-AUTOSCALE_INTERVAL_S = float(os.environ.get("KVSCALE_AUTOSCALE_INTERVAL", "15"))
-
-
 def _source(spec: LLMDeploymentSpec, namespace: str) -> MetricsSource:
     m = spec.autoscaling.metrics
     if m.type is MetricsSourceType.PROMETHEUS:
@@ -174,8 +226,7 @@ def _source(spec: LLMDeploymentSpec, namespace: str) -> MetricsSource:
     return PodScrapeSource()
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=AUTOSCALE_INTERVAL_S, initial_delay=AUTOSCALE_INTERVAL_S, idle=None)
-def autoscale(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     """Measure -> decide (pure policy) -> scale through the scale subresource -> status + Event."""
     raw, status = dict(body.get("spec", {})), dict(body.get("status") or {})
     spec = parse_spec(raw)
@@ -191,9 +242,9 @@ def autoscale(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     current = spec.replicas if spec.replicas is not None else int(status.get("desiredReplicas") or 1)
     snap = Snapshot(now=time.time(), replicas=current, ready=readings.metrics, missing=readings.missing,
                     pending=pending, unschedulable=unschedulable, unschedulable_reason=why, errors=readings.errors)
-    state = memo.get("policy", PolicyState())
+    state = STATE.policy.get(key, PolicyState())
     state, decision = decide(snap, state, policy_spec(spec.autoscaling))
-    memo["policy"] = state
+    STATE.policy[key] = state
 
     now = _now()
     dry = spec.autoscaling.dry_run

@@ -152,4 +152,7 @@ def ensure_binaries() -> Binaries:
 if __name__ == "__main__":
     started = time.monotonic()
     b = ensure_binaries()
-    print(f"binaries ready in {b.directory} ({time.monotonic() - started:.1f}s)")
+    if len(sys.argv) == 3 and sys.argv[1] == "--which":
+        print(b.path(sys.argv[2]))
+    else:
+        print(f"binaries ready in {b.directory} ({time.monotonic() - started:.1f}s)")
