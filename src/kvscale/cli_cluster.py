@@ -14,6 +14,20 @@ DEFAULT_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "
 
 def add_cluster_commands(sub: Any) -> None:
     add_operator_commands(sub)
+    sim = sub.add_parser("sim", help="replay request traces through simulated vLLM replicas")
+    ssub = sim.add_subparsers(dest="action", required=True)
+    ev = ssub.add_parser("evaluate", help="compare autoscaling policies on a trace (GPU-hours, SLO)")
+    ev.add_argument("--trace", type=Path, required=True, help="Azure LLM 2023 CSV or Mooncake JSONL trace")
+    ev.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct")
+    ev.add_argument("--gpu", default="L4")
+    ev.add_argument("--tp", type=int, default=1)
+    ev.add_argument("--max-model-len", type=int, default=16384)
+    ev.add_argument("--rate-scale", type=float, default=1.0, help="N x the trace's request rate")
+    ev.add_argument("--cold-start", type=float, default=90.0, help="seconds from scale-up to a serving replica")
+    ev.add_argument("--ttft-slo", type=float, default=2.0)
+    ev.add_argument("--tpot-slo-ms", type=float, default=100.0)
+    ev.add_argument("--plot", type=Path, help="write a PNG (replicas, KV usage, cost vs SLO)")
+    ev.set_defaults(func=cmd_sim_evaluate)
     demo = sub.add_parser("demo", help="local end-to-end run: control plane, operator, real vLLM, load ramp")
     demo.add_argument("--duration", type=float, default=240.0, help="seconds of load (default %(default)s)")
     demo.add_argument("--window", type=int, default=40, help="scale-down stabilization window in seconds")
@@ -80,6 +94,35 @@ def cmd_operator_run(args: argparse.Namespace, console: Console) -> int:
 
         load_catalog(settings.gpu_catalog)  # fail fast with a clear message
     run(settings, verbose=args.verbose)
+    return 0
+
+
+def cmd_sim_evaluate(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    from .cli import UsageError
+    from .sim.evaluate import SLO, Scenario, evaluate, plot
+
+    if not args.trace.is_file():
+        raise UsageError(f"--trace {args.trace}: no such file")
+    sc = Scenario(args.trace.stem, str(args.trace), args.model, args.gpu, args.max_model_len, tp=args.tp,
+                  rate_scale=args.rate_scale, cold_start_s=args.cold_start)
+    try:
+        reports, _ = evaluate(sc, SLO(args.ttft_slo, args.tpot_slo_ms / 1000))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    oracle = reports[-1].gpu_hours or 1e-9
+    t = Table(title=f"{args.trace.name}: {args.model} on {args.tp}x {args.gpu}")
+    for col in ("policy", "GPU-hours", "x oracle", "cost $", "SLO %", "p99 TTFT s", "p99 TPOT ms", "preemptions",
+                "scale events"):
+        t.add_column(col)
+    for r in reports:
+        t.add_row(r.policy, f"{r.gpu_hours:.2f}", f"{r.gpu_hours / oracle:.2f}", f"{r.cost:.2f}",
+                  f"{r.slo_attainment * 100:.2f}", f"{r.p99_ttft_s:.2f}", f"{r.p99_tpot_s * 1000:.0f}",
+                  str(r.preemptions), str(r.scale_events))
+    console.print(t)
+    if args.plot:
+        console.print(f"plot: {plot(reports, args.trace.name, args.plot)}")
     return 0
 
 

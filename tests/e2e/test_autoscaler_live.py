@@ -87,7 +87,8 @@ def test_scales_up_on_kv_pressure_and_back_down(api, namespace: str, operator: O
         load.start()
         wait_for(lambda: replicas(api, namespace, "chat") >= 2, 200, "scale-up to 2 replicas", every=0.5)
         t_decision = time.monotonic()
-        up = obj(api, namespace, "chat")["status"]["lastDecision"]
+        up = wait_for(lambda: (d := (obj(api, namespace, "chat")["status"].get("lastDecision") or {}))
+                      .get("desiredReplicas", 0) >= 2 and d, 10, "decision recorded in status")
         assert up["desiredReplicas"] >= 2 and up["applied"] and "scale up" in up["reason"]
         assert "KV utilization" in up["reason"] or "waiting" in up["reason"]
         dep = wait_for(lambda: (d := client.AppsV1Api(api).read_namespaced_deployment("chat", namespace))

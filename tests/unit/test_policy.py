@@ -110,6 +110,12 @@ def test_scale_to_zero_only_when_allowed() -> None:
     assert run(idle, PolicySpec(min_replicas=0, scale_down_window_s=120))[-1].desired == 0
 
 
+def test_no_scale_down_before_a_full_window_of_history() -> None:
+    """After an operator restart the policy has no history: it must not read that as 'no load'."""
+    ds = run([snap(t, 4, [0.1] * 4) for t in range(0, 301, 30)])
+    assert all(d.desired == 4 for d in ds[:-1]) and ds[-1].desired == 2
+
+
 def test_no_ready_replica_yet_holds() -> None:
     (d,) = run([Snapshot(now=0, replicas=2, ready={}, pending=2)])
     assert not d.valid and d.desired == 2 and "starting" in d.reason

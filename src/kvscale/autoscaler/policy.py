@@ -41,6 +41,7 @@ class PolicyState:
     last_t: float | None = None
     panic_until: float | None = None
     queue_since: float | None = None
+    first_t: float | None = None  # no scale-down before one full window of observations
 
 
 @dataclass(frozen=True)
@@ -117,11 +118,13 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
     panic_until = now + spec.panic_window_s if bursting else state.panic_until
     panic = panic_until is not None and now < panic_until
 
+    first_t = state.first_t if state.first_t is not None else now
     recs = window.append(state.recommendations, now, float(rec), keep)
     up = rec if (spec.scale_up_window_s <= 0 or bursting) else int(window.minimum(recs, now, spec.scale_up_window_s)
                                                                        or rec)
     down = int(window.maximum(recs, now, spec.scale_down_window_s) or rec)
-    new_state = replace(state, recommendations=recs, preemption_totals=totals, last_t=now, panic_until=panic_until,
+    new_state = replace(state, first_t=first_t, recommendations=recs, preemption_totals=totals, last_t=now,
+                        panic_until=panic_until,
                         queue_since=queue_since)
 
     limited = ""
@@ -135,7 +138,7 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
             limited += "; not adding more"
         elif desired < up:
             limited = f"step limited to +{spec.max_scale_up_step}"
-    elif down < current and not panic and not snap.missing:
+    elif down < current and not panic and not snap.missing and now - first_t >= spec.scale_down_window_s:
         desired = 0 if down == 0 else max(down, -(-current // 2))  # at most halve per step; idle -> zero
     else:
         desired = current

@@ -1,0 +1,101 @@
+"""Operator at scale: create N LLMDeployments at once on the local control plane.
+
+Prints the time until every one is Planned and its vLLM Deployment exists, the operator's
+peak RSS, and the API server requests per object (from apiserver_request_total).
+
+    python bench/operator_scale.py [--count 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from kvscale.operator.crd import crd_yaml
+from kvscale.operator.resource import GROUP, PLURAL, VERSION
+from kvscale.testing.cluster import LocalCluster
+from kvscale.testing.fleet import NodePool
+from kvscale.testing.operator_process import OperatorProcess
+
+MODELS = ["Qwen/Qwen2.5-0.5B-Instruct", "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen3-8B",
+          "mistralai/Mistral-7B-Instruct-v0.3", "google/gemma-2-9b-it"]
+
+
+def request_count(cluster: LocalCluster) -> int:
+    with cluster.http() as h:
+        text = h.get("/metrics").text
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("apiserver_request_total{"))
+
+
+def body(i: int) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment", "metadata": {"name": f"m{i:04d}"},
+            "spec": {"model": {"name": MODELS[i % len(MODELS)]},
+                     "serving": {"maxModelLen": 4096 * (1 + i % 4), "targetConcurrency": 1 + i % 8},
+                     "placement": {"gpuTypes": ["L4", "A100-80GB", "H100-80GB"]},
+                     "autoscaling": {"enabled": False}}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=200)
+    args = ap.parse_args()
+    fleet = (NodePool(gpu="H100-80GB", nodes=4, gpus_per_node=8), NodePool(gpu="A100-80GB", nodes=4, gpus_per_node=8),
+             NodePool(gpu="L4", nodes=16, gpus_per_node=1))
+    work = Path(tempfile.mkdtemp(prefix="kvscale-bench-"))
+    with LocalCluster(fleet=fleet, workdir=work / "cluster") as cluster:
+        cluster.kubectl("apply", "-f", "-", input=crd_yaml())
+        cluster.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.kvscale.io", "--timeout=60s")
+        op = OperatorProcess(kubeconfig=cluster.kubeconfig, log_path=work / "operator.log").start()
+        api = config.new_client_from_config(str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+        custom: Any = client.CustomObjectsApi(api)
+        apps: Any = client.AppsV1Api(api)
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": "bench"}})  # type: ignore[arg-type]
+        peak = [op.rss_bytes()]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak.append(op.rss_bytes())
+                time.sleep(0.5)
+
+        threading.Thread(target=sample, daemon=True).start()
+        before = request_count(cluster)
+        t0 = time.monotonic()
+        for i in range(args.count):
+            custom.create_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL, body(i))
+        created = time.monotonic() - t0
+        while True:
+            items = custom.list_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL)["items"]
+            planned = sum(1 for o in items if any(c["type"] == "Planned" and c["status"] == "True"
+                                                  for c in (o.get("status") or {}).get("conditions", [])))
+            deps = len(apps.list_namespaced_deployment("bench").items)
+            if planned == args.count and deps == args.count:
+                break
+            if time.monotonic() - t0 > 600:
+                print(f"gave up: {planned} planned, {deps} deployments after 600 s")
+                break
+            time.sleep(1)
+        elapsed = time.monotonic() - t0
+        time.sleep(5)
+        after = request_count(cluster)
+        done.set()
+        op.stop()
+    errors = len(re.findall(r"Traceback", (work / "operator.log").read_text()))
+    print(f"LLMDeployments:                 {args.count} (created in {created:.1f} s)")
+    print(f"all Planned + Deployments:      {elapsed:.1f} s   (target <= 60 s)")
+    print(f"operator peak RSS:              {max(peak) / 2**20:.0f} MiB   (target <= 300 MB)")
+    print(f"API requests per LLMDeployment: {(after - before) / args.count:.1f} "
+          f"(all clients: operator, controllers, kwok, this script)")
+    print(f"operator tracebacks in log:     {errors}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The vLLM engine simulator and the policy evaluation, on small synthetic traces."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from kvscale.autoscaler.policy import PolicySpec
+from kvscale.sim.cluster import ClusterSim, KVScalePolicy, KVThresholdPolicy, QueueLengthPolicy, StaticPolicy
+from kvscale.sim.engine import Replica, ReplicaModel, Seq
+from kvscale.sim.evaluate import SLO, Scenario, evaluate, report
+from kvscale.sim.traces import Request, load_trace
+
+MODEL = ReplicaModel(kv_blocks=200, block_size=16, max_num_seqs=64, max_batched_tokens=2048,
+                     weights_bytes=16e9, kv_bytes_per_token=131072, bandwidth=2.5e11, flops=6e13,
+                     flops_per_token=1.6e10)
+
+
+def run_replica(seqs: list[Seq], until: float = 3600, model: ReplicaModel = MODEL) -> Replica:
+    r = Replica(model)
+    for s in seqs:
+        r.submit(s)
+    t = 0.0
+    while t < until and not r.idle:
+        t += 0.5
+        r.advance(t)
+        assert 0 <= r.used_blocks <= model.kv_blocks
+    return r
+
+
+def test_all_requests_finish_with_correct_token_counts() -> None:
+    seqs = [Seq(i, 0.0, 300 + 10 * i, 50 + i) for i in range(20)]
+    r = run_replica(seqs)
+    assert len(r.finished) == 20 and r.used_blocks == 0
+    assert all(s.generated == s.output and s.first_token_at is not None for s in r.finished)
+
+
+def test_memory_pressure_preempts_and_recomputes() -> None:
+    # 10 requests x (500 + 400) tokens need ~570 blocks; only 200 exist
+    seqs = [Seq(i, 0.0, 500, 400) for i in range(10)]
+    r = run_replica(seqs)
+    assert len(r.finished) == 10
+    assert r.preemptions > 0
+    assert all(s.generated == s.output for s in r.finished)
+
+
+def test_admission_waits_for_free_blocks() -> None:
+    small = ReplicaModel(**{**MODEL.__dict__, "kv_blocks": 40})
+    r = Replica(small)
+    for i in range(5):
+        r.submit(Seq(i, 0.0, 600, 10))  # 38 blocks each: one at a time
+    r.advance(0.05)
+    assert len(r.running) == 1 and len(r.waiting) == 4
+
+
+def test_step_time_grows_with_context() -> None:
+    assert MODEL.step_time(100_000, 64) > MODEL.step_time(1_000, 64)
+    assert MODEL.step_time(0, 2048) > MODEL.step_time(0, 1)  # prefill is compute-bound
+
+
+def test_usage_metric_is_used_blocks_over_total() -> None:
+    r = Replica(MODEL)
+    r.submit(Seq(0, 0.0, 160, 1000))
+    r.advance(0.2)
+    assert r.kv_usage == pytest.approx(r.used_blocks / 200) and r.kv_usage > 0
+
+
+def trace(rate: float, duration: float, seed: int = 1) -> list[Request]:
+    rng = random.Random(seed)
+    out, t = [], 0.0
+    while t < duration:
+        t += rng.expovariate(rate(t) if callable(rate) else rate)
+        out.append(Request(t, rng.randint(200, 1500), rng.randint(20, 300)))
+    return out
+
+
+BIG = ReplicaModel(**{**MODEL.__dict__, "kv_blocks": 2000})
+
+
+def test_kvscale_follows_a_load_step_and_returns() -> None:
+    burst = trace(lambda t: 4.0 if 600 <= t < 1200 else 0.5, 1800)
+    pol = KVScalePolicy(PolicySpec(min_replicas=1, max_replicas=20, target_kv=0.7, scale_down_window_s=120))
+    res = ClusterSim(BIG, 1, pol, cold_start_s=30, tick_s=10).run(burst)
+    before = max(n for t, n, _ in res.timeline if 300 <= t < 600)
+    during = max(n for t, n, _ in res.timeline if 600 <= t < 1200)
+    after = min(n for t, n, _ in res.timeline if t >= 1500)
+    assert during >= 2 * before and after <= before + 1, (before, during, after)
+    assert res.unfinished == 0
+
+
+def test_baselines_run_and_static_costs_most() -> None:
+    reqs = trace(1.5, 900)
+    results = {}
+    for pol in (StaticPolicy(6), QueueLengthPolicy(max_replicas=10), KVThresholdPolicy(max_replicas=10),
+                KVScalePolicy(PolicySpec(max_replicas=10, target_kv=0.7, scale_down_window_s=120))):
+        res = ClusterSim(BIG, 1, pol, cold_start_s=30, tick_s=10,
+                         initial_replicas=6 if isinstance(pol, StaticPolicy) else 2).run(reqs)
+        results[pol.name] = report(res, SLO(), __import__("kvscale.estimator.gpus", fromlist=["x"]).default_catalog()
+                                   .get("L4"), len(reqs))
+    assert results["static-peak"].gpu_hours >= max(r.gpu_hours for k, r in results.items() if k != "static-peak")
+    assert all(r.unfinished == 0 for r in results.values())
+
+
+def test_evaluate_reports_oracle_below_policies(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sc = Scenario("syn", "unused", "Qwen/Qwen2.5-0.5B-Instruct", "L4", 8192, cold_start_s=30, max_replicas=8)
+    reports, oracle = evaluate(sc, trace=trace(3.0, 600))
+    names = [r.policy for r in reports]
+    assert names[-1].startswith("oracle") and len(reports) == 5
+    assert reports[-1].gpu_hours <= min(r.gpu_hours for r in reports[:-1]) + 1e-9
+    assert oracle and all(n >= 0 for n in oracle)
+
+
+def test_trace_loaders(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    csv = tmp_path / "t.csv"
+    csv.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
+                   "2023-11-16 18:15:50.9951690,396,109\n")
+    a = load_trace(csv)
+    assert [(round(r.arrival_s, 4), r.input_tokens, r.output_tokens) for r in a] == [(0.0, 374, 44),
+                                                                                     (4.3146, 396, 109)]
+    jl = tmp_path / "t.jsonl"
+    jl.write_text('{"timestamp": 0, "input_length": 6758, "output_length": 500, "hash_ids": [0]}\n'
+                  '{"timestamp": 3000, "input_length": 10, "output_length": 0, "hash_ids": [1]}\n')
+    b = load_trace(jl, rate_scale=2.0)
+    assert [(r.arrival_s, r.input_tokens, r.output_tokens) for r in b] == [(0.0, 6758, 500), (1.5, 10, 1)]
