@@ -37,6 +37,7 @@ class _State:
     nodes: kopf.Index[str, dict[str, Any]] | None = None
     objects: kopf.Index[tuple[str, str], dict[str, Any]] | None = None
     policy: dict[tuple[str, str], PolicyState] = {}  # noqa: RUF012
+    serving: dict[tuple[str, str], set[str]] = {}  # noqa: RUF012  # pods that have answered at least once
     stop: threading.Event = threading.Event()
     worker: threading.Thread | None = None
 
@@ -239,9 +240,17 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     pod_dicts = [api.sanitize_for_serialization(p) for p in pods.items]  # type: ignore[no-untyped-call]
     targets, pending, unschedulable, why = classify_pods(pod_dicts, spec.vllm.port)
     readings = _source(spec, ns).read(targets)
+    # a pod that never answered is still loading its model: starting, not missing
+    seen = STATE.serving.setdefault(key, set())
+    seen.intersection_update(t.pod for t in targets)
+    seen.update(readings.metrics)
+    missing = tuple(p for p in readings.missing if p in seen)
+    pending += len(readings.missing) - len(missing)
+    errors = tuple(e for e in readings.errors if e.split(":", 1)[0] in missing) or (
+        readings.errors if not readings.metrics else ())
     current = spec.replicas if spec.replicas is not None else int(status.get("desiredReplicas") or 1)
-    snap = Snapshot(now=time.time(), replicas=current, ready=readings.metrics, missing=readings.missing,
-                    pending=pending, unschedulable=unschedulable, unschedulable_reason=why, errors=readings.errors)
+    snap = Snapshot(now=time.time(), replicas=current, ready=readings.metrics, missing=missing,
+                    pending=pending, unschedulable=unschedulable, unschedulable_reason=why, errors=errors)
     state = STATE.policy.get(key, PolicyState())
     state, decision = decide(snap, state, policy_spec(spec.autoscaling))
     STATE.policy[key] = state
@@ -257,9 +266,9 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     if check:
         fields["estimatorCheck"] = check
         metrics.ESTIMATOR_ERROR.labels(ns, name).set(check["errorPercent"] / 100)
-    updates = [(c.METRICS_AVAILABLE, not readings.missing or bool(readings.metrics),
-                "MetricsRead" if not readings.missing else "MetricsMissing",
-                "; ".join(readings.errors)[:900] or f"read {len(readings.metrics)} replica(s)")]
+    ok = not missing and (bool(readings.metrics) or not targets)
+    updates = [(c.METRICS_AVAILABLE, ok, "MetricsRead" if ok else "MetricsMissing",
+                "; ".join(errors)[:900] or f"read {len(readings.metrics)} replica(s), {pending} starting")]
     updates.append((c.SCALING_LIMITED, bool(decision.limited), "Limited" if decision.limited else "NotLimited",
                     decision.limited or "within bounds"))
     metrics.DESIRED.labels(ns, name).set(decision.desired)
@@ -276,5 +285,5 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
         reason = ("ScaleRecommended" if dry else "ScaledUp" if decision.direction == "up" else "ScaledDown")
         _post(body, [Event("Normal", reason, decision.reason)])
         metrics.DECISIONS.labels(decision.direction, str(not dry).lower()).inc()
-    elif not decision.valid and "lastDecision" in fields:
+    elif not decision.valid and "lastDecision" in fields and missing:
         _post(body, [Event("Warning", "MetricsUnavailable", decision.reason)])
