@@ -273,7 +273,9 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
                     decision.limited or "within bounds"))
     metrics.DESIRED.labels(ns, name).set(decision.desired)
     changes = decision.valid and decision.desired != current
-    if changes or (not decision.valid and (status.get("lastDecision") or {}).get("valid", True)):
+    was = status.get("lastDecision") or {}
+    lost = not decision.valid and bool(missing) and (was.get("valid", True) or was.get("reason") != decision.reason)
+    if changes or lost:
         record = decision_record(decision, now, applied=changes and not dry)
         fields["lastDecision"] = record
         fields["history"] = with_history(status.get("history"), record)
@@ -285,5 +287,5 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
         reason = ("ScaleRecommended" if dry else "ScaledUp" if decision.direction == "up" else "ScaledDown")
         _post(body, [Event("Normal", reason, decision.reason)])
         metrics.DECISIONS.labels(decision.direction, str(not dry).lower()).inc()
-    elif not decision.valid and "lastDecision" in fields and missing:
+    elif lost:
         _post(body, [Event("Warning", "MetricsUnavailable", decision.reason)])

@@ -11,7 +11,7 @@ from ..estimator.gpus import GPUCatalog
 from ..estimator.planner import GPUOption
 from . import conditions as c
 from .planning import alternatives, decide_plan, plan_hash, plan_status, rejected
-from .render import render, selector_string
+from .render import desired_replicas, render, selector_string
 from .resource import LLMDeploymentSpec
 
 
@@ -71,8 +71,6 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     out.planned = True
     out.plan_changed = status.get("planHash") != h
     unchanged = (not out.plan_changed and status.get("observedGeneration") == generation and deployment_exists)
-    from .render import desired_replicas
-
     replicas = desired_replicas(spec, p)
     if unchanged:
         return out

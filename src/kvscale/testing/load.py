@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ class LoadGenerator:
     vocab: int = 32000
     seed: int = 0
     stats: LoadStats = field(default_factory=LoadStats)
+    stop: threading.Event = field(default_factory=threading.Event)  # ends the run early when set
 
     async def _one(self, http: httpx.AsyncClient, rng: random.Random) -> None:
         urls = self.backends()
@@ -60,7 +62,7 @@ class LoadGenerator:
         start = time.monotonic()
         tasks: set[asyncio.Task[None]] = set()
         async with httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0)) as http:
-            while (elapsed := time.monotonic() - start) < self.duration_s:
+            while (elapsed := time.monotonic() - start) < self.duration_s and not self.stop.is_set():
                 want = max(0, self.concurrency(elapsed))
                 while len(tasks) < want:
                     task = asyncio.create_task(self._one(http, rng))
