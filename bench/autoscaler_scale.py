@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.server
+import itertools
 import tempfile
 import threading
 import time
@@ -135,7 +136,7 @@ def main() -> None:
     flaps = 0
     for o in items:
         hist = [h for h in (o.get("status") or {}).get("history", []) if h["applied"]]
-        for a, b in zip(hist, hist[1:], strict=False):
+        for a, b in itertools.pairwise(hist):
             da, db = a["desiredReplicas"] - a["replicas"], b["desiredReplicas"] - b["replicas"]
             ta = time.mktime(time.strptime(a["time"], "%Y-%m-%dT%H:%M:%SZ"))
             tb = time.mktime(time.strptime(b["time"], "%Y-%m-%dT%H:%M:%SZ"))

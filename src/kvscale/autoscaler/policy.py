@@ -92,6 +92,7 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
 
     reasons = []
     rec = math.ceil(total_kv / spec.target_kv - 1e-9)
+    rec_kv = rec
     reasons.append(f"KV utilization {avg_kv:.2f} vs target {spec.target_kv:.2f} on {n} replica(s) -> {rec}")
     queued = waiting / n > spec.max_waiting_per_replica
     queue_since = (state.queue_since if state.queue_since is not None else now) if queued else None
@@ -101,14 +102,26 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
         if queue_rec > rec:
             rec = queue_rec
             reasons.append(f"{waiting:.0f} waiting behind a full cache -> {rec}")
-    elif queued and queue_since is not None and now - queue_since >= QUEUE_PERSIST_S and n + 1 > rec:
-        rec = n + 1
-        reasons.append(f"{waiting:.0f} requests queued for {now - queue_since:.0f}s -> {rec}")
+    elif queued and queue_since is not None and now - queue_since >= QUEUE_PERSIST_S:
+        # a lasting queue with free KV is compute- or batch-bound: add capacity in proportion to it
+        queue_rec = n + math.ceil(waiting / max(1.0, running / n))
+        if queue_rec > rec:
+            rec = queue_rec
+            reasons.append(f"{waiting:.0f} requests queued for {now - queue_since:.0f}s -> {rec}")
     if rate / n > spec.max_preemptions_per_s:
         pre_rec = n + max(1, math.ceil(n * 0.5))
         if pre_rec > rec:
             rec = pre_rec
             reasons.append(f"{rate:.2f} preemptions/s -> {rec}")
+    # a queue is partly backlog that drains once capacity arrives: grow on it by at most half per decision
+    capped = max(rec_kv, n + max(1, math.ceil(n / 2)))
+    if rec > capped:
+        rec = capped
+        reasons.append(f"queue-driven growth capped at {rec}")
+    if snap.pending and rec > max(rec_kv, current):
+        # capacity is already starting: a queue that builds meanwhile is backlog it will absorb
+        rec = max(rec_kv, current)
+        reasons.append(f"{snap.pending} replica(s) starting: holding queue-driven growth at {rec}")
     # replicas without metrics (vLLM still loading, or gone) carry unknown load: they never justify
     # more replicas, and block any scale-down below
     rec = max(rec, 0)

@@ -110,13 +110,23 @@ def oracle_replicas(trace: list[Request], model: ReplicaModel, max_replicas: int
             for r in fleet:
                 r.advance(now)
             peak_blocks[minute] = max(peak_blocks[minute], sum(r.used_blocks for r in fleet))
+    # throughput a replica sustains: prefill at its compute roofline, decode at a full-cache batch
+    mean_seq = sum(r.input_tokens + r.output_tokens for r in trace) / max(1, len(trace))
+    batch = max(1, min(model.max_num_seqs, int(model.kv_blocks * model.block_size / mean_seq)))
+    decode_tps = batch / model.step_time(batch * mean_seq / 2, batch)
+    prefill_tps = model.flops / model.flops_per_token
+    by_minute: dict[int, list[Request]] = {}
+    for r in trace:
+        by_minute.setdefault(int(r.arrival_s // 60), []).append(r)
     need = []
     for minute in range(horizon):
-        arrivals = [r for r in trace if minute * 60 <= r.arrival_s < (minute + 1) * 60]
+        arrivals = by_minute.get(minute, [])
         if not arrivals and peak_blocks[minute] == 0:
             need.append(0)
             continue
-        need.append(max(1, math.ceil(peak_blocks[minute] / model.kv_blocks)))
+        busy_s = (sum(r.input_tokens for r in arrivals) / prefill_tps
+                  + sum(r.output_tokens for r in arrivals) / decode_tps)
+        need.append(max(1, math.ceil(peak_blocks[minute] / model.kv_blocks), math.ceil(busy_s / 60)))
     return need
 
 
@@ -152,9 +162,9 @@ def evaluate(sc: Scenario, slo: SLO = SLO(), trace: list[Request] | None = None,
 
 SCENARIOS = {
     "azure-conv": Scenario("azure-conv", "AzureLLMInferenceTrace_conv.csv", "meta-llama/Llama-3.1-8B-Instruct",
-                           "L4", 16384),
+                           "H100-80GB", 16384, rate_scale=8.0),
     "azure-code": Scenario("azure-code", "AzureLLMInferenceTrace_code.csv", "meta-llama/Llama-3.1-8B-Instruct",
-                           "L4", 16384),
+                           "H100-80GB", 16384, rate_scale=8.0),
     "mooncake": Scenario("mooncake", "conversation_trace.jsonl", "meta-llama/Llama-3.1-8B-Instruct",
                          "H100-80GB", 131072),
 }
