@@ -116,8 +116,8 @@ def oracle_replicas(trace: list[Request], model: ReplicaModel, max_replicas: int
     decode_tps = batch / model.step_time(batch * mean_seq / 2, batch)
     prefill_tps = model.flops / model.flops_per_token
     by_minute: dict[int, list[Request]] = {}
-    for r in trace:
-        by_minute.setdefault(int(r.arrival_s // 60), []).append(r)
+    for req in trace:
+        by_minute.setdefault(int(req.arrival_s // 60), []).append(req)
     need = []
     for minute in range(horizon):
         arrivals = by_minute.get(minute, [])
