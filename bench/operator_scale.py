@@ -25,7 +25,7 @@ from kvscale.testing.fleet import NodePool
 from kvscale.testing.operator_process import OperatorProcess
 
 MODELS = ["Qwen/Qwen2.5-0.5B-Instruct", "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen3-8B",
-          "mistralai/Mistral-7B-Instruct-v0.3", "google/gemma-2-9b-it"]
+          "mistralai/Mistral-7B-Instruct-v0.3", "Qwen/Qwen2.5-7B-Instruct"]
 
 
 def request_count(cluster: LocalCluster) -> int:
