@@ -274,6 +274,9 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     metrics.DESIRED.labels(ns, name).set(decision.desired)
     changes = decision.valid and decision.desired != current
     was = status.get("lastDecision") or {}
+    if changes and dry and not was.get("applied", True) and was.get("desiredReplicas") == decision.desired \
+            and was.get("replicas") == current:
+        changes = False  # the same advice again: already recorded and announced
     lost = not decision.valid and bool(missing) and (was.get("valid", True) or was.get("reason") != decision.reason)
     if changes or lost:
         record = decision_record(decision, now, applied=changes and not dry)

@@ -1,0 +1,95 @@
+"""Dry-run (advisory) mode: decisions are recorded and announced, replicas stay as they are.
+
+The replica's /metrics is a vLLM-format page served on the pod's IP (the real-vLLM scenarios
+live in tests/e2e); here only the operator's handling of a decision is under test.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from kvscale.operator.resource import GROUP, PLURAL, VERSION
+
+pytestmark = pytest.mark.cluster
+
+FULL_CACHE = """# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0"} 0.95
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0"} 8
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0"} 0
+# TYPE vllm:num_preemptions_total counter
+vllm:num_preemptions_total{engine="0"} 0
+"""
+
+
+@pytest.fixture
+def page_server() -> Iterator[list[http.server.ThreadingHTTPServer]]:
+    servers: list[http.server.ThreadingHTTPServer] = []
+    yield servers
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def serve(ip: str, port: int) -> http.server.ThreadingHTTPServer:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = FULL_CACHE.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer((ip, port), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_dry_run_records_but_does_not_scale(api, namespace: str, operator, page_server) -> None:  # type: ignore[no-untyped-def]
+    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment", "metadata": {"name": "advisory"},
+            "spec": {"model": {"name": "Qwen/Qwen2.5-0.5B-Instruct"},
+                     "serving": {"maxModelLen": 4096, "targetConcurrency": 1},
+                     "placement": {"gpuTypes": ["L4"]}, "vllm": {"port": 8000},
+                     "autoscaling": {"dryRun": True, "minReplicas": 1, "maxReplicas": 3,
+                                     "targetKVCacheUtilization": 0.5}}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    deadline = time.monotonic() + 60
+    pod = None
+    while time.monotonic() < deadline and pod is None:
+        pods = core.list_namespaced_pod(namespace, label_selector="kvscale.io/llmdeployment=advisory").items
+        pod = next((p for p in pods if p.status.pod_ip), None)
+        time.sleep(0.5)
+    assert pod is not None, "vLLM pod never got an IP"
+    page_server.append(serve(pod.status.pod_ip, 8000))
+
+    def decided() -> dict[str, Any] | None:
+        o = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "advisory")
+        d = (o.get("status") or {}).get("lastDecision")
+        return o if d and d["desiredReplicas"] == 2 else None
+
+    deadline = time.monotonic() + 60
+    obj = None
+    while time.monotonic() < deadline and obj is None:
+        obj = decided()
+        time.sleep(1)
+    assert obj is not None, "no scale-up recommendation recorded"
+    decision = obj["status"]["lastDecision"]
+    assert decision["applied"] is False and "scale up 1 -> 2" in decision["reason"]
+    assert obj["spec"].get("replicas") is None  # the scale subresource was not touched
+    time.sleep(5)
+    dep = client.AppsV1Api(api).read_namespaced_deployment("advisory", namespace)
+    assert dep.spec.replicas == 1
+    events = [e for e in core.list_namespaced_event(namespace).items if e.involved_object.name == "advisory"]
+    assert any(e.reason == "ScaleRecommended" for e in events)
