@@ -15,6 +15,7 @@ from ..autoscaler.policy import PolicySpec
 from ..estimator.catalog import resolve_model
 from ..estimator.gpus import GPUType, default_catalog
 from ..estimator.memory import ServingConfig, estimate
+from ..estimator.quantization import Quantization
 from .cluster import (
     ClusterSim,
     KVScalePolicy,
@@ -45,6 +46,9 @@ class Scenario:
     rate_scale: float = 1.0
     cold_start_s: float = 90.0
     max_replicas: int = 64
+    # a smaller chunked-prefill budget keeps mixed steps short enough for a TPOT SLO
+    max_num_batched_tokens: int | None = 2048
+    quantization: Quantization = Quantization.AUTO
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,9 @@ def replica_model(sc: Scenario) -> tuple[ReplicaModel, GPUType]:
     spec = resolve_model(sc.model)
     gpu = default_catalog().get(sc.gpu)
     est = estimate(spec, gpu, ServingConfig(tensor_parallel_size=sc.tp, max_model_len=sc.max_model_len,
-                                            gpu_memory_utilization=0.9))
+                                            gpu_memory_utilization=0.9,
+                                            max_num_batched_tokens=sc.max_num_batched_tokens,
+                                            quantization=sc.quantization))
     if not est.fits:
         raise ValueError(f"{sc.model} does not fit {sc.tp}x {sc.gpu} at {sc.max_model_len}: {est.reason}")
     return ReplicaModel.from_plan(spec, gpu, est, sc.tp), gpu
