@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +20,12 @@ from kvscale.testing.load import LoadGenerator, run_load
 from kvscale.testing.operator_process import OperatorProcess
 from kvscale.testing.pod_runner import PodVLLMRunner
 from kvscale.testing.vllm_server import tiny_model_config, write_model_dir
+from kvscale.testing.waiting import wait_for
 
 pytestmark = [pytest.mark.vllm, pytest.mark.cluster, pytest.mark.slow]
 
 TINY = tiny_model_config("llama_gqa")
 WINDOW_S = 45
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def llmd_body(name: str, **autoscaling: Any) -> dict[str, Any]:

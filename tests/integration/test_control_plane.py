@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +13,9 @@ from kubernetes.client.rest import ApiException
 
 from kvscale.testing.cluster import POD_CIDR, LocalCluster
 from kvscale.testing.fleet import NodePool
+from kvscale.testing.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def gpu_deployment(name: str, gpus: int, product: str = "NVIDIA-H100-80GB-HBM3") -> dict[str, Any]:

@@ -16,25 +16,16 @@ from kvscale.estimator.catalog import resolve_model
 from kvscale.estimator.gpus import default_catalog
 from kvscale.estimator.planner import GPUOption, PlanRequest, plan
 from kvscale.operator.resource import GROUP, PLURAL, VERSION
+from kvscale.testing import waiting
 from kvscale.testing.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            last = None
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    """Poll; a 404 (object not created yet) means "not yet"."""
+    return waiting.wait_for(pred, timeout, what,
+                            not_yet=lambda e: isinstance(e, ApiException) and e.status == 404)
 
 
 def llmd(name: str, model: str = "meta-llama/Llama-3.1-70B-Instruct", max_len: int = 32768,

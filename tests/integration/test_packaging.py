@@ -6,7 +6,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -14,6 +13,7 @@ import yaml
 from kvscale.testing.cluster import LocalCluster
 from kvscale.testing.fleet import NodePool
 from kvscale.testing.operator_process import OperatorProcess
+from kvscale.testing.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
@@ -87,16 +87,6 @@ def _sa_kubeconfig(cluster: LocalCluster, path: Path) -> Path:
     return path
 
 
-def _wait(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 LLMD = """
 apiVersion: kvscale.io/v1alpha1
 kind: LLMDeployment
@@ -120,9 +110,9 @@ def test_install_reconcile_upgrade_uninstall(own_cluster: LocalCluster, tmp_path
     try:
         own_cluster.kubectl("create", "namespace", "apps")
         own_cluster.kubectl("apply", "-f", "-", input=LLMD)
-        _wait(lambda: own_cluster.kubectl("get", "deploy", "small", "-n", "apps", check=False).returncode == 0,
+        wait_for(lambda: own_cluster.kubectl("get", "deploy", "small", "-n", "apps", check=False).returncode == 0,
               60, "vLLM Deployment applied under the chart's RBAC")
-        _wait(lambda: "MetricsAvailable" in own_cluster.kubectl(
+        wait_for(lambda: "MetricsAvailable" in own_cluster.kubectl(
             "get", "llmd", "small", "-n", "apps", "-o", "jsonpath={.status.conditions[*].type}").stdout,
             60, "autoscaler ran (pods listed, status patched)")
         events = own_cluster.kubectl("get", "events", "-n", "apps", "-o", "jsonpath={.items[*].reason}").stdout
@@ -156,12 +146,19 @@ def test_kubectl_apply_k_deploy(own_cluster: LocalCluster) -> None:
     dep = own_cluster.kubectl("get", "deploy", "kvscale", "-n", NS, "-o", "jsonpath={.spec.template.spec"
                               ".serviceAccountName}").stdout
     assert dep == "kvscale"
-    own_cluster.kubectl("delete", "-k", str(REPO / "deploy"), "--wait=false")
+    own_cluster.kubectl("delete", "-k", str(REPO / "deploy"), "--wait=true", "--timeout=120s")
 
 
 def test_examples_are_valid(own_cluster: LocalCluster) -> None:
     own_cluster.kubectl("apply", "-f", str(REPO / "crds" / "kvscale.io_llmdeployments.yaml"))
+    own_cluster.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.kvscale.io", "--timeout=60s")
     own_cluster.kubectl("create", "namespace", "examples", check=False)
     for example in sorted((REPO / "deploy" / "examples").glob("*.yaml")):
-        out = own_cluster.kubectl("apply", "--dry-run=server", "-n", "examples", "-f", str(example), check=False)
+        def dry_run(path: Path = example) -> subprocess.CompletedProcess[str] | None:
+            out = own_cluster.kubectl("apply", "--dry-run=server", "-n", "examples", "-f", str(path), check=False)
+            if out.returncode != 0 and "could not find the requested resource" in out.stderr:
+                return None  # the re-created CRD is not served yet
+            return out
+
+        out = wait_for(dry_run, 60, f"{example.name} accepted or rejected")
         assert out.returncode == 0, f"{example.name}: {out.stderr}"

@@ -33,6 +33,7 @@ import yaml
 from .binaries import Binaries, ensure_binaries
 from .fleet import DEFAULT_FLEET, NodePool, fleet_manifests
 from .pki import PKI, CertPair
+from .processes import stop_group
 
 POD_CIDR = "127.16.0.0/16"  # loopback: a process can bind any pod IP kwok hands out
 SERVICE_CIDR = "10.96.0.0/16"
@@ -170,7 +171,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         for comp in reversed(self.components):
-            _terminate(comp.proc)
+            stop_group(comp.proc)
         self.components.clear()
         if self.workdir is not None and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -281,19 +282,6 @@ class LocalCluster:
                     if line.startswith("VmRSS:"):
                         out[comp.name] = int(line.split()[1]) * 1024
         return out
-
-
-def _terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
 
 
 def stop_from_state(workdir: Path) -> bool:

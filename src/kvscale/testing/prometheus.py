@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from .processes import stop_group
 from .vllm_server import free_port
 
 
@@ -79,10 +79,5 @@ class PrometheusServer:
         raise PrometheusUnavailable(f"prometheus not ready after {timeout}s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc, 15)
         shutil.rmtree(self.workdir, ignore_errors=True)

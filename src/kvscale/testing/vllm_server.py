@@ -7,12 +7,10 @@ so that modest load fills it. The server exports the same ``vllm:*`` metrics as 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -24,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from .processes import stop_group
 from .vllm_install import DEFAULT_VENV, venv_python
 
 KV_LINE = re.compile(r"KV cache size: ([\d,]+) tokens, Maximum concurrency for ([\d,]+) tokens per request: "
@@ -143,15 +142,7 @@ class VLLMServer:
         return int(m.group(1).replace(",", "")), int(m.group(2).replace(",", "")), float(m.group(3))
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=timeout)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
+        stop_group(self.proc, timeout)
 
     def __enter__(self) -> VLLMServer:
         return self.start().wait_ready()
