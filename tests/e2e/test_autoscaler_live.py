@@ -193,7 +193,8 @@ def test_prometheus_source_scales_like_the_pod_source(api, namespace: str, opera
         load.start()
         wait_for(lambda: replicas(api, namespace, "promchat") >= 2, 240, "scale-up via Prometheus")
         gen.stop.set()
-        up = obj(api, namespace, "promchat")["status"]["lastDecision"]
+        up = wait_for(lambda: (d := (obj(api, namespace, "promchat")["status"].get("lastDecision") or {}))
+                      .get("desiredReplicas", 0) >= 2 and d, 10, "decision recorded in status")
         assert "scale up" in up["reason"]
         load.join(timeout=60)
         wait_for(lambda: replicas(api, namespace, "promchat") == 1, 200, "scale-down via Prometheus")
