@@ -17,7 +17,6 @@ import contextlib
 import http.server
 import itertools
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from kvscale.operator.crd import crd_yaml
 from kvscale.operator.resource import GROUP, PLURAL, VERSION
 from kvscale.testing.cluster import LocalCluster
 from kvscale.testing.fleet import NodePool
+from kvscale.testing.metrics_page import serve_page
 from kvscale.testing.operator_process import OperatorProcess
 
 WINDOW_S = 30
@@ -56,23 +56,6 @@ class Load:
     def page(self, name: str) -> str:
         per_pod = min(1.0, self.demand() / max(1, self.pods.get(name, 1)))
         return PAGE.format(kv=round(per_pod, 3), running=int(per_pod * 10))
-
-
-def serve(ip: str, port: int, load: Load, llmd: str) -> http.server.ThreadingHTTPServer:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = load.page(llmd).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer((ip, port), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
 
 
 def cpu_seconds(pid: int) -> float:
@@ -122,7 +105,8 @@ def main() -> None:
                     loads[llmd].pods[llmd] = loads[llmd].pods.get(llmd, 0) + 1
                     if p.metadata.name not in servers:
                         with contextlib.suppress(OSError):
-                            servers[p.metadata.name] = serve(p.status.pod_ip, 8000, loads[llmd], llmd)
+                            servers[p.metadata.name] = serve_page(
+                                p.status.pod_ip, 8000, lambda load=loads[llmd], name=llmd: load.page(name))
             for o in custom.list_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL)["items"]:
                 if (o["spec"].get("replicas") or 1) > 1 and o["metadata"]["name"] not in first_up:
                     first_up[o["metadata"]["name"]] = time.monotonic() - t0

@@ -7,7 +7,6 @@ live in tests/e2e); here only the operator's handling of a decision is under tes
 from __future__ import annotations
 
 import http.server
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from kubernetes import client
 
 from kvscale.operator.resource import GROUP, PLURAL, VERSION
+from kvscale.testing.metrics_page import serve_page
 
 pytestmark = pytest.mark.cluster
 
@@ -39,23 +39,6 @@ def page_server() -> Iterator[list[http.server.ThreadingHTTPServer]]:
         s.server_close()
 
 
-def serve(ip: str, port: int) -> http.server.ThreadingHTTPServer:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = FULL_CACHE.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer((ip, port), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
-
-
 def test_dry_run_records_but_does_not_scale(api, namespace: str, operator, page_server) -> None:  # type: ignore[no-untyped-def]
     custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment", "metadata": {"name": "advisory"},
@@ -72,7 +55,7 @@ def test_dry_run_records_but_does_not_scale(api, namespace: str, operator, page_
         pod = next((p for p in pods if p.status.pod_ip), None)
         time.sleep(0.5)
     assert pod is not None, "vLLM pod never got an IP"
-    page_server.append(serve(pod.status.pod_ip, 8000))
+    page_server.append(serve_page(pod.status.pod_ip, 8000, lambda: FULL_CACHE))
 
     def decided() -> dict[str, Any] | None:
         o = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "advisory")
