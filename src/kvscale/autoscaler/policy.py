@@ -32,16 +32,28 @@ class PolicySpec:
     scale_down_window_s: float = 300.0
     max_scale_up_step: int = 4
     panic_window_s: float = 60.0  # how long panic forbids scale-down
+    max_queue_s: float | None = None  # queue-time objective; None: latency is not a signal
+    max_slow_fraction: float = 0.01  # share of requests allowed to queue longer
+    queue_window_s: float = 120.0  # queue-time shares are taken over this long
+    min_queue_samples: int = 100  # fewer finished requests in the window say nothing
+    queue_settle_s: float = 30.0  # queue times are reported at finish: after new replicas, wait for fresh ones
+    max_scale_down_fraction: float = 0.5  # most of the replicas removed at once
+    scale_down_period_s: float = 0.0  # least time between two scale-downs
 
 
 @dataclass(frozen=True)
 class PolicyState:
     recommendations: tuple[window.Sample, ...] = ()
     preemption_totals: dict[str, float] = field(default_factory=dict)
+    queue_totals: dict[str, tuple[float, float]] = field(default_factory=dict)  # pod -> (requests, slow)
     last_t: float | None = None
     panic_until: float | None = None
     queue_since: float | None = None
     first_t: float | None = None  # no scale-down before one full window of observations
+    starting_t: float | None = None  # last time a replica was still starting
+    queue_samples: tuple[tuple[float, float, float], ...] = ()  # (t, requests, slow) per decision
+    last_down_t: float | None = None
+    queue_step: tuple[int, float] | None = None  # (replicas, slow share) at the last queue-time scale-up
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,25 @@ def _preemption_rate(snap: Snapshot, state: PolicyState) -> tuple[float, dict[st
     return delta / dt, totals
 
 
+def _queue_times(snap: Snapshot, state: PolicyState, spec: PolicySpec
+                 ) -> tuple[float, float, dict[str, tuple[float, float]], tuple[tuple[float, float, float], ...]]:
+    """(requests, share that queued longer than the objective) over the queue window, from the histograms."""
+    if spec.max_queue_s is None:
+        return 0.0, 0.0, {}, ()
+    totals = {pod: m.queue_time_counts(spec.max_queue_s) for pod, m in snap.ready.items()}
+    count = slow = 0.0
+    for pod, (c, s) in totals.items():
+        if pod in state.queue_totals:
+            c0, s0 = state.queue_totals[pod]
+            if c >= c0:  # a restarted server resets its counters
+                count += c - c0
+                slow += max(0.0, s - s0)
+    samples = tuple(x for x in state.queue_samples if snap.now - x[0] < spec.queue_window_s)
+    samples += ((snap.now, count, slow),)
+    done = sum(x[1] for x in samples)
+    return done, (sum(x[2] for x in samples) / done if done else 0.0), totals, samples
+
+
 def _clamp(n: int, spec: PolicySpec) -> int:
     return max(spec.min_replicas, min(spec.max_replicas, n))
 
@@ -89,6 +120,7 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
     waiting = sum(m.waiting for m in snap.ready.values())
     running = sum(m.running for m in snap.ready.values())
     rate, totals = _preemption_rate(snap, state)
+    done, slow_share, queue_totals, queue_samples = _queue_times(snap, state, spec)
 
     reasons = []
     rec = math.ceil(total_kv / spec.target_kv - 1e-9)
@@ -113,6 +145,27 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
         if pre_rec > rec:
             rec = pre_rec
             reasons.append(f"{rate:.2f} preemptions/s -> {rec}")
+    starting_t = now if snap.pending else state.starting_t
+    settled = starting_t is None or now - starting_t >= spec.queue_settle_s
+    queue_step = state.queue_step if slow_share > spec.max_slow_fraction else None
+    if done >= spec.min_queue_samples and slow_share > spec.max_slow_fraction and settled:
+        if (queue_step is not None and n > queue_step[0] and slow_share >= 0.75 * queue_step[1]
+                and slow_share < 5 * spec.max_slow_fraction):
+            # more replicas did not shorten the queue (requests stuck behind one long prefill): stop there
+            rec = max(rec, n)
+            reasons.append(f"{slow_share:.1%} queued over {spec.max_queue_s:g}s on {n} replicas, "
+                           f"{queue_step[1]:.1%} on {queue_step[0]}: more replicas do not help -> {rec}")
+        else:
+            # requests wait for compute even where memory is free (prefill bursts, long prompts)
+            slo_rec = n + max(1, math.ceil(n * (0.5 if slow_share > 10 * spec.max_slow_fraction else 0.25)))
+            if slo_rec > rec:
+                rec = slo_rec
+                queue_step = (n, slow_share)
+                reasons.append(f"{slow_share:.1%} of {done:.0f} requests queued over {spec.max_queue_s:g}s "
+                               f"-> {rec}")
+    elif slow_share > spec.max_slow_fraction / 2 and rec < n:
+        rec = n  # the objective is being missed now and then: no fewer replicas
+        reasons.append(f"{slow_share:.1%} of requests queued over {spec.max_queue_s:g}s -> no scale-down")
     # a queue is partly backlog that drains once capacity arrives: grow on it by at most half per decision
     capped = max(rec_kv, n + max(1, math.ceil(n / 2)))
     if rec > capped:
@@ -137,6 +190,9 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
                                                                        or rec)
     down = int(window.maximum(recs, now, spec.scale_down_window_s) or rec)
     new_state = replace(state, first_t=first_t, recommendations=recs, preemption_totals=totals, last_t=now,
+                        queue_totals=queue_totals or state.queue_totals,
+                        starting_t=starting_t, queue_step=queue_step,
+                        queue_samples=queue_samples,
                         panic_until=panic_until,
                         queue_since=queue_since)
 
@@ -151,8 +207,10 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
             limited += "; not adding more"
         elif desired < up:
             limited = f"step limited to +{spec.max_scale_up_step}"
-    elif down < current and not panic and not snap.missing and now - first_t >= spec.scale_down_window_s:
-        desired = 0 if down == 0 else max(down, -(-current // 2))  # at most halve per step; idle -> zero
+    elif (down < current and not panic and not snap.missing and now - first_t >= spec.scale_down_window_s
+          and (state.last_down_t is None or now - state.last_down_t >= spec.scale_down_period_s)):
+        # at most a fraction per step; idle -> zero
+        desired = 0 if down == 0 else max(down, current - max(1, int(current * spec.max_scale_down_fraction)))
     else:
         desired = current
     clamped = _clamp(desired, spec)
@@ -171,4 +229,6 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
         reason = f"hold {current}: {reason} ({held})"
     if limited:
         reason += f" [{limited}]"
+    if desired < current:
+        new_state = replace(new_state, last_down_t=now)
     return new_state, Decision(True, current, desired, reason, panic=panic, limited=limited)

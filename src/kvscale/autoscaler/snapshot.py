@@ -15,6 +15,16 @@ class ReplicaMetrics:
     preemptions_total: float
     num_gpu_blocks: int | None = None
     block_size: int | None = None
+    # vllm:request_queue_time_seconds as cumulative (upper bound, count) buckets, +Inf last
+    queue_time_buckets: tuple[tuple[float, float], ...] = ()
+
+    def queue_time_counts(self, objective_s: float) -> tuple[float, float]:
+        """(requests, requests that queued longer than the objective rounded up to a bucket bound)."""
+        if not self.queue_time_buckets:
+            return 0.0, 0.0
+        total = self.queue_time_buckets[-1][1]
+        within = next((c for le, c in self.queue_time_buckets if le >= objective_s), total)
+        return total, total - within
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,12 @@ RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 PREEMPTIONS = "vllm:num_preemptions"  # counter: exposed as ..._total
 CACHE_INFO = "vllm:cache_config_info"
+# time from arrival to the first scheduling step, observed when the request finishes; unlike TTFT it
+# excludes the prefill itself, so it measures only what more replicas can shorten
+QUEUE_TIME = "vllm:request_queue_time_seconds"
+# vLLM's default bucket bounds for it (seconds); +Inf closes the histogram
+QUEUE_TIME_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+                      240.0, 480.0, 960.0, 1920.0, 7680.0, float("inf"))
 
 
 class MetricsParseError(ValueError):
@@ -21,11 +27,16 @@ def parse_vllm_metrics(text: str) -> ReplicaMetrics:
     """One replica's signals; several engines (data parallel) are averaged (usage) or summed (counts)."""
     values: dict[str, list[float]] = {}
     info: dict[str, str] = {}
+    queue: dict[float, float] = {}
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if family.name == CACHE_INFO and not info:
                     info = dict(sample.labels)
+                    continue
+                if sample.name == f"{QUEUE_TIME}_bucket":
+                    le = float(sample.labels.get("le", "inf"))
+                    queue[le] = queue.get(le, 0.0) + float(sample.value)
                     continue
                 values.setdefault(sample.name, []).append(float(sample.value))
     except ValueError as exc:
@@ -46,4 +57,5 @@ def parse_vllm_metrics(text: str) -> ReplicaMetrics:
         preemptions_total=sum(preempt),
         num_gpu_blocks=as_int("num_gpu_blocks"),
         block_size=as_int("block_size"),
+        queue_time_buckets=tuple(sorted(queue.items())),
     )

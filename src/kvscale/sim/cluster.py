@@ -140,7 +140,7 @@ class ClusterSim:
 
     def _snapshot(self, now: float, desired: int) -> Snapshot:
         ready = {r.name: ReplicaMetrics(r.kv_usage, float(len(r.running)), float(len(r.waiting)),
-                                        float(r.preemptions))
+                                        float(r.preemptions), queue_time_buckets=r.queue_time_buckets)
                  for r in self.replicas if r.ready_at <= now and not r.draining}
         pending = sum(1 for r in self.replicas if r.ready_at > now and not r.draining)
         return Snapshot(now=now, replicas=desired, ready=ready, pending=pending)

@@ -5,10 +5,13 @@ times from a roofline of the GPU. Runs of pure decode are advanced many steps at
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..autoscaler.vllm_metrics import QUEUE_TIME_BUCKETS
 from ..estimator.gpus import GPUType
 from ..estimator.memory import MemoryEstimate
 from ..estimator.model_spec import ModelSpec
@@ -33,6 +36,7 @@ class ReplicaModel:
     flops: float  # per GPU, effective
     flops_per_token: float  # per GPU: 2 x active parameters / TP
     step_overhead_s: float = STEP_OVERHEAD_S
+    seq_overhead_s: float = 0.0  # per scheduled sequence per step (sampling, bookkeeping); dominant on a tiny CPU model
 
     @classmethod
     def from_plan(cls, spec: ModelSpec, gpu: GPUType, est: MemoryEstimate, tp: int) -> ReplicaModel:
@@ -44,10 +48,10 @@ class ReplicaModel:
                    flops=gpu.bf16_tflops * 1e12 * COMPUTE_EFFICIENCY,
                    flops_per_token=2.0 * p.active(spec) / tp)
 
-    def step_time(self, kv_tokens_read: float, tokens_computed: int) -> float:
+    def step_time(self, kv_tokens_read: float, tokens_computed: int, seqs: int = 0) -> float:
         mem = (self.weights_bytes + kv_tokens_read * self.kv_bytes_per_token) / self.bandwidth
         compute = tokens_computed * self.flops_per_token / self.flops
-        return self.step_overhead_s + max(mem, compute)
+        return self.step_overhead_s + seqs * self.seq_overhead_s + max(mem, compute)
 
 
 @dataclass(eq=False)
@@ -60,13 +64,15 @@ class Seq:
     generated: int = 0
     blocks: int = 0
     first_token_at: float | None = None
+    scheduled_at: float | None = None  # first admission; preemption does not reset it
     finished_at: float | None = None
     preempted: int = 0
 
     @property
     def need(self) -> int:
-        """KV tokens required before the next token can be produced."""
-        return self.prompt + max(0, self.generated - 1)
+        """Tokens whose KV must be in the cache for the next token to be sampled: the prompt and every token
+        generated so far (vLLM's ``num_tokens``). A preempted sequence recomputes all of them on resume."""
+        return self.prompt + self.generated
 
 
 @dataclass
@@ -81,6 +87,12 @@ class Replica:
     used_blocks: int = 0
     preemptions: int = 0
     finished: list[Seq] = field(default_factory=list)
+    queue_hist: list[int] = field(default_factory=lambda: [0] * len(QUEUE_TIME_BUCKETS))  # per bucket
+
+    @property
+    def queue_time_buckets(self) -> tuple[tuple[float, float], ...]:
+        """Cumulative, like vllm:request_queue_time_seconds_bucket (observed at finish, as vLLM does)."""
+        return tuple(zip(QUEUE_TIME_BUCKETS, itertools.accumulate(float(c) for c in self.queue_hist), strict=True))
 
     # ---- what vLLM's /metrics would say ----
     @property
@@ -122,18 +134,21 @@ class Replica:
         m = self.model
         budget = m.max_batched_tokens
         scheduled: list[tuple[Seq, int]] = []
+        preempted = False
         # 1. running sequences first; grow their blocks, preempting the newest when memory runs out
         i = 0
         while i < len(self.running):
             s = self.running[i]
-            todo = min(s.need - s.computed, budget) if s.computed < s.need else 1
+            todo = min(s.need - s.computed, budget)
             if todo <= 0:
                 break
             extra = self._blocks_for(s.computed + todo) - s.blocks
             while extra > m.kv_blocks - self.used_blocks and self.running[-1] is not s:
                 self._preempt_last()
+                preempted = True
             if extra > m.kv_blocks - self.used_blocks:
                 self._preempt_last()  # not even this one fits: it waits
+                preempted = True
                 break
             s.blocks += extra
             self.used_blocks += extra
@@ -142,27 +157,32 @@ class Replica:
             i += 1
             if budget <= 0:
                 break
-        # 2. admit waiting sequences while the budget, the batch size and the free blocks allow
-        while self.waiting and budget > 0 and len(self.running) < m.max_num_seqs:
+        # 2. admit waiting sequences while the budget, the batch size and the free blocks allow. As vLLM's V1
+        # scheduler: none in a step that preempted, and only when the whole sequence fits, not just the first
+        # chunk (scheduler_reserve_full_isl, on by default); only the chunk's blocks are allocated.
+        while not preempted and self.waiting and budget > 0 and len(self.running) < m.max_num_seqs:
             s = self.waiting[0]
             todo = min(s.need - s.computed, budget)
-            extra = self._blocks_for(s.computed + todo) - s.blocks
-            if extra > m.kv_blocks - self.used_blocks:
+            if self._blocks_for(s.need) - s.blocks > m.kv_blocks - self.used_blocks:
                 break
+            extra = self._blocks_for(s.computed + todo) - s.blocks
             self.waiting.popleft()
+            if s.scheduled_at is None:
+                s.scheduled_at = self.now
             s.blocks += extra
             self.used_blocks += extra
             self.running.append(s)
             scheduled.append((s, todo))
             budget -= todo
         if not scheduled:
-            self.now = until  # blocked: nothing fits until something changes outside
-            return
-        decode_only = all(s.computed >= s.need for s, _ in scheduled) and not self.waiting
+            if not preempted:
+                self.now = until  # blocked: nothing fits until something changes outside
+            return  # after a preemption the next step may admit (vLLM schedules again at once)
+        decode_only = all(s.need - s.computed == 1 for s, _ in scheduled) and not self.waiting
         steps = self._decode_run_length(scheduled, until) if decode_only else 1
         kv_read = sum(s.computed for s, _ in scheduled) + (steps - 1) * len(scheduled) / 2
         computed = sum(t for _, t in scheduled)
-        dt = self.model.step_time(kv_read, computed) * steps
+        dt = self.model.step_time(kv_read, computed, len(scheduled)) * steps
         self.now += dt
         done = []
         for s, todo in scheduled:
@@ -182,6 +202,8 @@ class Replica:
                 done.append(s)
         for s in done:
             s.finished_at = self.now
+            queued = (s.scheduled_at if s.scheduled_at is not None else s.arrival) - s.arrival
+            self.queue_hist[bisect.bisect_left(QUEUE_TIME_BUCKETS, queued)] += 1
             self.running.remove(s)
             self.used_blocks -= s.blocks
             s.blocks = 0
@@ -196,6 +218,6 @@ class Replica:
         k = min(k, (free // n) * bs + min(bs - (s.computed % bs or bs) for s, _ in scheduled))
         if k <= 1:
             return 1
-        one = self.model.step_time(sum(s.computed for s, _ in scheduled), n)
+        one = self.model.step_time(sum(s.computed for s, _ in scheduled), n, n)
         k = min(k, max(1, math.floor((until - self.now) / one)))
         return max(1, k)
