@@ -124,3 +124,61 @@ def test_no_scale_down_before_a_full_window_of_history() -> None:
 def test_no_ready_replica_yet_holds() -> None:
     (d,) = run([Snapshot(now=0, replicas=2, ready={}, pending=2)])
     assert not d.valid and d.desired == 2 and "starting" in d.reason
+
+
+def queued(now: float, replicas: int, per_pod: list[tuple[float, float]], kv: float = 0.1) -> Snapshot:
+    """Pods with cumulative (requests, requests queued over 1 s) in vLLM's queue-time buckets."""
+    ready = {f"p{i}": ReplicaMetrics(kv_cache_usage=kv, running=2, waiting=0, preemptions_total=0,
+                                     queue_time_buckets=((0.5, total - slow), (1.0, total - slow),
+                                                         (2.0, total), (float("inf"), total)))
+             for i, (total, slow) in enumerate(per_pod)}
+    return Snapshot(now=now, replicas=replicas, ready=ready)
+
+
+QSPEC = PolicySpec(min_replicas=1, max_replicas=20, target_kv=0.7, scale_down_window_s=300, max_queue_s=1.0,
+                   max_slow_fraction=0.01, min_queue_samples=100, queue_window_s=120)
+
+
+def test_queue_time_objective_scales_up_when_memory_is_idle() -> None:
+    # 4 replicas at 10 % KV: KV alone says 1; 20 % of 400 requests queued over 1 s says add capacity
+    steps = [queued(0, 4, [(0, 0)] * 4), queued(15, 4, [(100, 20)] * 4)]
+    d = run(steps, QSPEC)[-1]
+    assert d.desired == 6 and "queued over 1s" in d.reason, d.reason
+    # the same load without an objective: KV decides alone and the count holds (no history for a scale-down)
+    assert run(steps, SPEC)[-1].desired == 4
+
+
+def test_queue_time_needs_enough_requests_and_rounds_to_buckets() -> None:
+    few = run([queued(0, 2, [(0, 0)] * 2), queued(15, 2, [(20, 10)] * 2)], QSPEC)[-1]
+    assert few.desired == 2  # 40 requests in the window are too few to judge
+    lenient = PolicySpec(**{**QSPEC.__dict__, "max_queue_s": 1.5})  # rounds up to the 2.0 s bucket: none slow
+    d = run([queued(0, 2, [(0, 0)] * 2), queued(15, 2, [(200, 50)] * 2)], lenient)[-1]
+    assert d.desired == 2 and "queued" not in d.reason
+
+
+def test_occasional_slow_requests_block_scale_down() -> None:
+    steps = [queued(t, 4, [(t * 10, t * 0.08)] * 4) for t in range(0, 331, 15)]  # 0.8 % slow, KV says 1
+    ds = run(steps, QSPEC)
+    assert all(d.desired == 4 for d in ds), [d.reason for d in ds if d.desired != 4][:1]
+    quiet = [queued(t, 4, [(t * 10, 0)] * 4) for t in range(0, 331, 15)]
+    assert run(quiet, QSPEC)[-1].desired < 4
+
+
+def test_queue_growth_stops_when_more_replicas_do_not_help() -> None:
+    # 3 % slow on 4 replicas -> 5; on 5 replicas still 3 % (requests stuck behind long prefills) -> hold
+    state = PolicyState()
+    state, d1 = decide(queued(0, 4, [(0, 0)] * 4), state, QSPEC)
+    state, d1 = decide(queued(15, 4, [(100, 3)] * 4), state, QSPEC)
+    assert d1.desired == 5
+    state, _ = decide(queued(30, 5, [(200, 6)] * 4 + [(0, 0)]), state, QSPEC)  # the fifth one is up
+    state, d2 = decide(queued(45, 5, [(300, 9)] * 4 + [(100, 3)]), state, QSPEC)
+    assert d2.desired == 5 and "do not help" in d2.reason, d2.reason
+
+
+def test_scale_down_step_and_period() -> None:
+    spec = PolicySpec(min_replicas=1, max_replicas=20, scale_down_window_s=60, max_scale_down_fraction=0.25,
+                      scale_down_period_s=60)
+    ds = run([snap(t, 8 if t < 75 else 6, [0.05] * (8 if t < 75 else 6)) for t in range(0, 136, 15)], spec)
+    downs = [(i * 15, d.current, d.desired) for i, d in enumerate(ds) if d.desired < d.current]
+    assert downs[0] == (60, 8, 6)  # a quarter of 8, after the window
+    assert all(t - 60 >= 60 for t, _, _ in downs[1:])  # the next one a full period later

@@ -123,3 +123,20 @@ def test_trace_loaders(tmp_path) -> None:  # type: ignore[no-untyped-def]
                   '{"timestamp": 3000, "input_length": 10, "output_length": 0, "hash_ids": [1]}\n')
     b = load_trace(jl, rate_scale=2.0)
     assert [(r.arrival_s, r.input_tokens, r.output_tokens) for r in b] == [(0.0, 6758, 500), (1.5, 10, 1)]
+
+
+def test_fleet_sweep_sizes_static_and_oracle_from_replays() -> None:
+    from kvscale.sim.evaluate import sweep_fleets
+
+    small = ReplicaModel(**{**MODEL.__dict__, "kv_blocks": 300, "bandwidth": 2.5e12, "flops": 4e14})
+    reqs = trace(lambda t: 6.0 if 300 <= t < 600 else 1.0, 900)
+    slo = SLO()
+    sweep = sweep_fleets(reqs, small, 1, slo, max_replicas=12)
+    static = sweep.static_size(slo.attainment)
+    assert sweep.attainment[sweep.sizes.index(static)] >= slo.attainment
+    assert all(a < slo.attainment for n, a in zip(sweep.sizes, sweep.attainment, strict=True) if n < static)
+    oracle = sweep.oracle(slo.attainment)
+    assert max(oracle) <= sweep.sizes[-1] and min(oracle) >= 1
+    busy = max(oracle[5:10])
+    quiet = max(oracle[:4] + oracle[11:15])
+    assert busy > quiet, oracle  # the burst minutes need more replicas than the quiet ones

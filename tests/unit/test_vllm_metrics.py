@@ -53,3 +53,23 @@ def test_parse(text: str, kv: float, running: float, waiting: float, preempt: fl
 def test_pages_without_vllm_metrics_are_errors_not_zero(text: str) -> None:
     with pytest.raises(MetricsParseError):
         parse_vllm_metrics(text)
+
+
+QUEUE = CURRENT + """# HELP vllm:request_queue_time_seconds Histogram of time spent in WAITING phase for request.
+# TYPE vllm:request_queue_time_seconds histogram
+vllm:request_queue_time_seconds_bucket{engine="0",le="0.3",model_name="m"} 50.0
+vllm:request_queue_time_seconds_bucket{engine="0",le="1.0",model_name="m"} 90.0
+vllm:request_queue_time_seconds_bucket{engine="0",le="2.0",model_name="m"} 97.0
+vllm:request_queue_time_seconds_bucket{engine="0",le="+Inf",model_name="m"} 100.0
+vllm:request_queue_time_seconds_count{engine="0",model_name="m"} 100.0
+vllm:request_queue_time_seconds_sum{engine="0",model_name="m"} 61.5
+"""
+
+
+def test_queue_time_histogram_counts_requests_over_an_objective() -> None:
+    m = parse_vllm_metrics(QUEUE)
+    assert m.queue_time_buckets[-1] == (float("inf"), 100.0)
+    assert m.queue_time_counts(1.0) == (100.0, 10.0)
+    assert m.queue_time_counts(1.5) == (100.0, 3.0)  # rounded up to the 2.0 s bound
+    assert m.queue_time_counts(9999) == (100.0, 0.0)
+    assert parse_vllm_metrics(CURRENT).queue_time_counts(1.0) == (0.0, 0.0)  # no histogram: no signal

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import httpx
 
@@ -78,15 +78,28 @@ class PrometheusSource:
         "running": 'sum by (pod) (vllm:num_requests_running{{namespace="{ns}",pod=~"{pods}"}})',
         "waiting": 'sum by (pod) (vllm:num_requests_waiting{{namespace="{ns}",pod=~"{pods}"}})',
         "preempt": 'sum by (pod) (vllm:num_preemptions_total{{namespace="{ns}",pod=~"{pods}"}})',
+        "queue": 'sum by (pod, le) (vllm:request_queue_time_seconds_bucket{{namespace="{ns}",pod=~"{pods}"}})',
     }
 
-    def _query(self, http: httpx.Client, promql: str) -> dict[str, float]:
+    def _result(self, http: httpx.Client, promql: str) -> list[dict[str, Any]]:
         resp = http.get(f"{self.url.rstrip('/')}/api/v1/query", params={"query": promql})
         resp.raise_for_status()
         body = resp.json()
         if body.get("status") != "success":
             raise MetricsUnavailable(f"Prometheus: {body.get('error', 'query failed')}")
-        return {r["metric"].get("pod", ""): float(r["value"][1]) for r in body["data"]["result"]}
+        rows: list[dict[str, Any]] = body["data"]["result"]
+        return rows
+
+    def _query(self, http: httpx.Client, promql: str) -> dict[str, float]:
+        return {r["metric"].get("pod", ""): float(r["value"][1]) for r in self._result(http, promql)}
+
+    def _buckets(self, http: httpx.Client, promql: str) -> dict[str, tuple[tuple[float, float], ...]]:
+        """Histogram buckets per pod, cumulative, sorted by upper bound."""
+        per_pod: dict[str, dict[float, float]] = {}
+        for r in self._result(http, promql):
+            per_pod.setdefault(r["metric"].get("pod", ""), {})[float(r["metric"].get("le", "inf"))] = \
+                float(r["value"][1])
+        return {pod: tuple(sorted(b.items())) for pod, b in per_pod.items()}
 
     def read(self, targets: Sequence[Target]) -> Readings:
         if not targets:
@@ -103,10 +116,12 @@ class PrometheusSource:
                 running = self._query(http, self.QUERIES["running"].format(ns=ns, pods=pods))
                 waiting = self._query(http, self.QUERIES["waiting"].format(ns=ns, pods=pods))
                 preempt = self._query(http, self.QUERIES["preempt"].format(ns=ns, pods=pods))
+                queue = self._buckets(http, self.QUERIES["queue"].format(ns=ns, pods=pods))
         except (httpx.HTTPError, MetricsUnavailable, ValueError, KeyError) as exc:
             return Readings({}, tuple(t.pod for t in targets), (f"prometheus {self.url}: {exc}",))
         out = {t.pod: ReplicaMetrics(kv_cache_usage=kv[t.pod], running=running.get(t.pod, 0.0),
-                                     waiting=waiting.get(t.pod, 0.0), preemptions_total=preempt.get(t.pod, 0.0))
+                                     waiting=waiting.get(t.pod, 0.0), preemptions_total=preempt.get(t.pod, 0.0),
+                                     queue_time_buckets=queue.get(t.pod, ()))
                for t in targets if t.pod in kv}
         missing = tuple(t.pod for t in targets if t.pod not in kv)
         return Readings(out, missing, tuple(f"{p}: no series in Prometheus" for p in missing))

@@ -19,6 +19,9 @@ def policy_spec(a: Autoscaling) -> PolicySpec:
         scale_up_window_s=float(a.scale_up_stabilization_seconds),
         scale_down_window_s=float(a.scale_down_stabilization_seconds),
         max_scale_up_step=a.max_scale_up_step,
+        max_scale_down_fraction=a.max_scale_down_percent / 100,
+        scale_down_period_s=float(a.scale_down_period_seconds),
+        max_queue_s=a.max_queue_seconds, max_slow_fraction=a.max_slow_request_fraction,
         panic_window_s=float(min(60, max(a.scale_down_stabilization_seconds, 1))),
     )
 

@@ -116,6 +116,16 @@ class Autoscaling(_Model):
                                                   le=86400, description="Window of low load before a scale-down.")
     max_scale_up_step: int = Field(default=4, alias="maxScaleUpStep", ge=1, le=100, description=(
         "Most replicas added at once."))
+    max_scale_down_percent: int = Field(default=50, alias="maxScaleDownPercent", ge=1, le=100, description=(
+        "Most of the replicas removed by one scale-down, in percent (at least one)."))
+    scale_down_period_seconds: int = Field(default=0, alias="scaleDownPeriodSeconds", ge=0, le=3600, description=(
+        "Least time between two scale-downs."))
+    max_queue_seconds: float | None = Field(default=None, alias="maxQueueSeconds", gt=0, le=3600, description=(
+        "Queue-time objective: requests should wait at most this long before their prefill starts "
+        "(vllm:request_queue_time_seconds, rounded up to its bucket bounds). Catches compute-bound load "
+        "(prefill bursts, long prompts) that KV usage misses. Unset: queue time is not a signal."))
+    max_slow_request_fraction: float = Field(default=0.01, alias="maxSlowRequestFraction", gt=0, lt=1, description=(
+        "Share of requests allowed to queue longer than maxQueueSeconds before scaling up."))
     metrics: MetricsSource = Field(default_factory=MetricsSource, description="Where KV-cache metrics come from.")
 
 

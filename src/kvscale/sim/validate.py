@@ -1,0 +1,510 @@
+"""The replica simulator against real vLLM (CPU build, dummy weights): same requests, same KV cache.
+
+The autoscaler's policy evaluation trusts ``sim.engine`` to say when a replica's KV cache fills
+and when vLLM preempts. This module checks that on a tiny configuration that a CPU can serve:
+it starts a real vLLM server with a small KV cache (prefix caching off, so the usage depends
+only on the requests), calibrates the simulator's step time on that server, replays one slice
+of a real trace (token counts scaled down) against both, and compares the time series that the
+autoscaler reads (``vllm:kv_cache_usage_perc``, running, waiting, preemptions) and latencies.
+
+Used by ``bench/sim_vs_vllm.py`` and ``tests/e2e/test_sim_vs_vllm.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import math
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..estimator.model_spec import from_hf_config
+from ..estimator.params import count_params
+from ..testing.vllm_server import CPU_BLOCK_SIZE, VLLMServer, tiny_model_config, write_model_dir
+from .engine import Replica, ReplicaModel, Seq
+from .traces import Request, load_trace
+
+MODEL_NAME = "tiny-llama"
+TINY = "llama_gqa"
+GAUGES = ("vllm:kv_cache_usage_perc", "vllm:num_requests_running", "vllm:num_requests_waiting",
+          "vllm:num_preemptions_total")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The vLLM engine settings; the simulator gets the same ones."""
+
+    num_blocks: int = 32  # --num-gpu-blocks-override; vLLM keeps one back as the null block
+    block_size: int = CPU_BLOCK_SIZE
+    max_num_seqs: int = 16
+    max_batched_tokens: int = 256  # small, so that long prompts are prefilled in chunks
+    max_model_len: int = 2048
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A slice of a real trace, scaled down so that the tiny cache fills but a CPU keeps up."""
+
+    trace: str = "/work/shared/traces/AzureLLMInferenceTrace_conv.csv"
+    start_s: float = 1860.0  # a busy stretch of the trace (~8 requests/s)
+    duration_s: float = 90.0
+    rate_scale: float = 1.0
+    input_div: int = 8
+    max_input: int = 1024
+    max_output: int = 256
+
+    def requests(self) -> list[Request]:
+        """Arrivals relative to the slice start; deterministic for a given trace file."""
+        out = []
+        for r in load_trace(self.trace):
+            t = (r.arrival_s - self.start_s) / self.rate_scale
+            if 0.0 <= t < self.duration_s:
+                out.append(Request(t, max(1, min(self.max_input, r.input_tokens // self.input_div)),
+                                   max(1, min(self.max_output, r.output_tokens))))
+        return out
+
+
+# ---------------------------------------------------------------- talking to the server
+
+async def scrape(http: httpx.AsyncClient, url: str) -> dict[str, float]:
+    """vllm:* samples (buckets left out), summed over label sets: one engine, one model."""
+    r = await http.get(f"{url}/metrics")
+    r.raise_for_status()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(r.text):
+        for s in fam.samples:
+            if s.name.startswith("vllm:") and not s.name.endswith(("_bucket", "_created")):
+                out[s.name] = out.get(s.name, 0.0) + float(s.value)
+    return out
+
+
+@dataclass
+class RequestResult:
+    rid: int
+    arrival: float  # as planned, seconds after the replay start
+    prompt: int
+    output: int
+    sent: float = math.nan
+    first_token: float = math.nan
+    finished: float = math.nan
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+async def stream_completion(http: httpx.AsyncClient, url: str, req: RequestResult, t0: float,
+                            stream_interval: int = 1) -> None:
+    """One streamed completion; times are seconds after ``t0``. ``stream_interval`` > 1 makes vLLM send
+    the first token at once and then every N tokens, which spares the 2-core host thousands of events
+    per second without changing how the engine schedules."""
+    rng = random.Random(req.rid)
+    body: dict[str, Any] = {
+        "model": MODEL_NAME, "prompt": [rng.randrange(10, 32000) for _ in range(req.prompt)],
+        "max_tokens": req.output, "min_tokens": req.output, "ignore_eos": True, "temperature": 0.0,
+        "stream": True, "stream_options": {"include_usage": True}}
+    if stream_interval > 1:
+        body["stream_interval"] = stream_interval
+    req.sent = time.monotonic() - t0
+    last = b""
+    try:
+        async with http.stream("POST", f"{url}/v1/completions", json=body) as r:
+            r.raise_for_status()
+            buf = b""
+            async for chunk in r.aiter_bytes():
+                if math.isnan(req.first_token) and b"data:" in chunk:
+                    req.first_token = time.monotonic() - t0
+                buf = (buf + chunk)[-4096:]
+            req.finished = time.monotonic() - t0
+            events = [e for e in buf.split(b"\n\n") if e.startswith(b"data:") and b"[DONE]" not in e]
+            last = events[-1][5:] if events else b""
+        usage = json.loads(last).get("usage") or {}
+        req.completion_tokens = int(usage.get("completion_tokens", 0))
+    except (httpx.HTTPError, ValueError) as exc:
+        req.error = f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+# ---------------------------------------------------------------- calibration
+
+@dataclass
+class CalPoint:
+    """One measured step time and what it consists of, for the fit and the report."""
+
+    name: str
+    seqs: int
+    tokens: int
+    kv_read: float
+    measured_s: float
+    model_s: float = math.nan
+
+
+@dataclass
+class Calibration:
+    points: list[CalPoint]
+    step_overhead_s: float
+    seq_overhead_s: float
+    per_token_s: float  # prefill compute per token
+    per_kv_token_s: float  # attention read per cached token per step
+
+    def model(self, cfg: ServerConfig) -> ReplicaModel:
+        """A ReplicaModel of this server whose step_time reproduces the measurements. The weights read
+        cannot be told apart from the fixed per-step cost on this CPU, so it is folded into the overhead."""
+        spec = from_hf_config(tiny_model_config(TINY), TINY)
+        flops_per_token = 2.0 * count_params(spec).active(spec)
+        kv_bytes = kv_bytes_per_token(tiny_model_config(TINY))
+        return ReplicaModel(
+            kv_blocks=cfg.num_blocks - 1,  # vLLM's usage gauge: 1 - free / (num_gpu_blocks - 1 null block)
+            block_size=cfg.block_size, max_num_seqs=cfg.max_num_seqs, max_batched_tokens=cfg.max_batched_tokens,
+            weights_bytes=0.0, kv_bytes_per_token=kv_bytes,
+            bandwidth=kv_bytes / self.per_kv_token_s if self.per_kv_token_s > 0 else 1e18,
+            flops=flops_per_token / self.per_token_s, flops_per_token=flops_per_token,
+            step_overhead_s=self.step_overhead_s, seq_overhead_s=self.seq_overhead_s)
+
+
+def kv_bytes_per_token(cfg: dict[str, Any]) -> float:
+    """K and V, every layer, bf16 (the server runs --dtype bfloat16)."""
+    head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+    return 2.0 * int(cfg["num_hidden_layers"]) * int(cfg["num_key_value_heads"]) * head_dim * 2
+
+
+async def _timed(http: httpx.AsyncClient, url: str, shapes: Sequence[tuple[int, int]]) -> tuple[float, float]:
+    """Run requests together; the server's own mean prefill time and mean decode time per token.
+
+    These histograms are stamped in the engine core (scheduled, first token, last token), so the
+    API server's lag on a busy host does not enter."""
+    before = await scrape(http, url)
+    reqs = [RequestResult(10_000 + i, 0.0, p, o) for i, (p, o) in enumerate(shapes)]
+    t0 = time.monotonic()
+    await asyncio.gather(*[stream_completion(http, url, r, t0) for r in reqs])
+    bad = [r.error for r in reqs if r.error]
+    if bad:
+        raise RuntimeError(f"calibration request failed: {bad[0]}")
+    for _ in range(50):  # the request histograms are observed when the frontend finishes the request
+        after = await scrape(http, url)
+        n = after["vllm:request_prefill_time_seconds_count"] - before["vllm:request_prefill_time_seconds_count"]
+        if n >= len(reqs):
+            break
+        await asyncio.sleep(0.05)
+    prefill = (after["vllm:request_prefill_time_seconds_sum"] - before["vllm:request_prefill_time_seconds_sum"]) / n
+    decode = after["vllm:request_decode_time_seconds_sum"] - before["vllm:request_decode_time_seconds_sum"]
+    decode_tokens = sum(max(0, o - 1) for _, o in shapes)
+    return prefill, decode / decode_tokens if decode_tokens else math.nan
+
+
+async def calibrate(http: httpx.AsyncClient, url: str, cfg: ServerConfig, reps: int = 3,
+                    decode_tokens: int = 64) -> Calibration:
+    """Median step times of a few shapes, then the four constants of the step-time model.
+
+    prefill of 16 and of ``max_batched_tokens`` tokens (one step each) -> per-token cost; a lone decode at
+    short and at long context -> per-cached-token cost; ``max_num_seqs`` decodes together -> per-sequence
+    cost. The fixed overhead is anchored on the lone decode, the most common step in the replay."""
+    n, budget = cfg.max_num_seqs, cfg.max_batched_tokens
+    long_ctx = min(cfg.max_model_len - decode_tokens, (cfg.num_blocks - 2) * cfg.block_size - decode_tokens, 1536)
+    await _timed(http, url, [(budget, 8), (16, 32)] + [(16, 16)] * n)  # warm-up
+    m: dict[str, list[float]] = {k: [] for k in ("p_short", "p_full", "d_one", "d_long", "d_batch")}
+    for _ in range(reps):
+        m["p_short"].append((await _timed(http, url, [(16, 1)]))[0])
+        m["p_full"].append((await _timed(http, url, [(budget, 1)]))[0])
+        m["d_one"].append((await _timed(http, url, [(16, decode_tokens)]))[1])
+        m["d_long"].append((await _timed(http, url, [(long_ctx, decode_tokens)]))[1])
+        m["d_batch"].append((await _timed(http, url, [(16, decode_tokens)] * n))[1])
+    med = {k: statistics.median(v) for k, v in m.items()}
+    ctx_one, ctx_long = 16 + decode_tokens / 2, long_ctx + decode_tokens / 2
+    c = max(1e-7, (med["p_full"] - med["p_short"]) / (budget - 16))
+    k = max(0.0, (med["d_long"] - med["d_one"]) / (ctx_long - ctx_one))
+    base = med["d_one"] - max(k * ctx_one, c)  # overhead + one sequence
+    s = max(0.0, (med["d_batch"] - base - max(k * ctx_one * n, c * n)) / (n - 1))
+    a = max(1e-4, base - s)
+    points = [CalPoint("prefill 16 tokens", 1, 16, 0.0, med["p_short"]),
+              CalPoint(f"prefill {budget} tokens", 1, budget, 0.0, med["p_full"]),
+              CalPoint(f"decode x1, ctx {ctx_one:.0f}", 1, 1, ctx_one, med["d_one"]),
+              CalPoint(f"decode x1, ctx {ctx_long:.0f}", 1, 1, ctx_long, med["d_long"]),
+              CalPoint(f"decode x{n}, ctx {ctx_one:.0f}", n, n, ctx_one * n, med["d_batch"])]
+    cal = Calibration(points, a, s, c, k)
+    model = cal.model(cfg)
+    for p in points:
+        p.model_s = model.step_time(p.kv_read, p.tokens, p.seqs)
+    return cal
+
+
+# ---------------------------------------------------------------- the two replays
+
+@dataclass
+class Series:
+    """What /metrics says over time (or the simulator's equivalent), plus per-request latencies."""
+
+    t: list[float] = field(default_factory=list)
+    kv: list[float] = field(default_factory=list)
+    running: list[float] = field(default_factory=list)
+    waiting: list[float] = field(default_factory=list)
+    preemptions: list[float] = field(default_factory=list)  # cumulative, from the replay start
+    ttft: list[float] = field(default_factory=list)
+    e2e: list[float] = field(default_factory=list)
+    makespan: float = 0.0
+
+    def add(self, t: float, kv: float, running: float, waiting: float, preemptions: float) -> None:
+        self.t.append(t)
+        self.kv.append(kv)
+        self.running.append(running)
+        self.waiting.append(waiting)
+        self.preemptions.append(preemptions)
+
+    def at(self, t: float) -> tuple[float, float, float]:
+        """(kv, running, waiting) of the last sample at or before ``t``; idle after the end."""
+        i = bisect.bisect_right(self.t, t) - 1
+        if i < 0 or t > self.t[-1] + 1.0:
+            return 0.0, 0.0, 0.0
+        return self.kv[i], self.running[i], self.waiting[i]
+
+
+async def replay_real(url: str, reqs: Sequence[Request], sample_every: float = 0.25,
+                      timeout_s: float | None = None, stream_interval: int = 16) -> tuple[Series, dict[str, Any]]:
+    """Send each request at its arrival time and sample /metrics until the last one has finished."""
+    results = [RequestResult(i, r.arrival_s, r.input_tokens, r.output_tokens) for i, r in enumerate(reqs)]
+    series = Series()
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    deadline = timeout_s or (4 * (reqs[-1].arrival_s if reqs else 0.0) + 120.0)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(deadline, connect=10.0), limits=limits) as http:
+        base = await scrape(http, url)
+        t0 = time.monotonic()
+
+        async def send(res: RequestResult) -> None:
+            await asyncio.sleep(max(0.0, res.arrival - (time.monotonic() - t0)))
+            await stream_completion(http, url, res, t0, stream_interval)
+
+        tasks = [asyncio.create_task(send(r)) for r in results]
+        pending = set(tasks)
+        while pending:
+            ts = time.monotonic() - t0
+            if ts > deadline:
+                for task in pending:
+                    task.cancel()
+                raise TimeoutError(f"replay still running after {deadline:.0f}s: {len(pending)} requests left")
+            m = await scrape(http, url)
+            te = time.monotonic() - t0
+            series.add((ts + te) / 2, m["vllm:kv_cache_usage_perc"], m["vllm:num_requests_running"],
+                       m["vllm:num_requests_waiting"],
+                       m["vllm:num_preemptions_total"] - base["vllm:num_preemptions_total"])
+            _, pending = await asyncio.wait(pending, timeout=max(0.0, sample_every - (time.monotonic() - t0 - ts)))
+        await asyncio.gather(*tasks)
+        await asyncio.sleep(0.3)
+        m = await scrape(http, url)
+        te = time.monotonic() - t0
+        series.add(te, m["vllm:kv_cache_usage_perc"], m["vllm:num_requests_running"],
+                   m["vllm:num_requests_waiting"], m["vllm:num_preemptions_total"] - base["vllm:num_preemptions_total"])
+
+    def delta_mean(name: str) -> float:
+        n = m[f"{name}_count"] - base[f"{name}_count"]
+        return (m[f"{name}_sum"] - base[f"{name}_sum"]) / n if n else math.nan
+
+    errors = [r.error for r in results if r.error]
+    short = [r.rid for r in results if not r.error and r.completion_tokens != r.output]
+    series.ttft = [r.first_token - r.arrival for r in results if not r.error]
+    series.e2e = [r.finished - r.arrival for r in results if not r.error]
+    series.makespan = max((r.finished for r in results if not r.error), default=0.0)
+    extra = {"errors": errors, "wrong_token_counts": short,
+             "send_lag_max_s": max((r.sent - r.arrival for r in results), default=0.0),
+             "server_ttft_mean_s": delta_mean("vllm:time_to_first_token_seconds"),
+             "server_e2e_mean_s": delta_mean("vllm:e2e_request_latency_seconds"),
+             "server_queue_mean_s": delta_mean("vllm:request_queue_time_seconds")}
+    return series, extra
+
+
+def replay_sim(model: ReplicaModel, reqs: Sequence[Request], sample_times: Sequence[float],
+               sample_every: float = 0.25, max_time_s: float = 3600.0) -> Series:
+    """The same arrivals through the simulator, read at the real run's sample times (then on a grid until idle)."""
+    seqs = [Seq(i, r.arrival_s, r.input_tokens, r.output_tokens) for i, r in enumerate(reqs)]
+    rep = Replica(model)
+    series = Series()
+    j = 0
+
+    def sample(ts: float) -> None:
+        nonlocal j
+        while j < len(seqs) and seqs[j].arrival <= ts:
+            rep.advance(seqs[j].arrival)  # arrivals land between steps, as on the server
+            rep.submit(seqs[j])
+            j += 1
+        rep.advance(ts)
+        series.add(ts, rep.kv_usage, len(rep.running), len(rep.waiting), rep.preemptions)
+
+    for ts in sample_times:
+        sample(ts)
+    ts = sample_times[-1] if sample_times else 0.0
+    while (j < len(seqs) or not rep.idle) and ts < max_time_s:
+        ts += sample_every
+        sample(ts)
+    done = [s for s in rep.finished if s.first_token_at is not None and s.finished_at is not None]
+    series.ttft = [s.first_token_at - s.arrival for s in done if s.first_token_at is not None]
+    series.e2e = [s.finished_at - s.arrival for s in done if s.finished_at is not None]
+    series.makespan = max((s.finished_at for s in done if s.finished_at is not None), default=0.0)
+    if len(done) != len(seqs):
+        raise RuntimeError(f"simulator finished {len(done)} of {len(seqs)} requests by t={max_time_s:.0f}s")
+    return series
+
+
+# ---------------------------------------------------------------- comparison
+
+def _pct(xs: Sequence[float], q: float) -> float:
+    if not xs:
+        return math.nan
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def compare(real: Series, sim: Series, step: float = 0.1) -> dict[str, float]:
+    """Figures side by side; the time series on one grid, each read as its last sample (idle after the end)."""
+    end = max(real.t[-1], sim.t[-1])
+    grid = [i * step for i in range(int(end / step) + 1)]
+    r = [real.at(t) for t in grid]
+    s = [sim.at(t) for t in grid]
+    diff = [abs(a[0] - b[0]) for a, b in zip(r, s, strict=True)]
+    busy = [d for d, a, b in zip(diff, r, s, strict=True) if a[0] > 0 or b[0] > 0]
+
+    def mean(xs: Sequence[float]) -> float:
+        return sum(xs) / len(xs) if xs else math.nan
+
+    def frac_full(xs: Sequence[tuple[float, float, float]]) -> float:
+        return mean([1.0 if x[0] >= 0.9 else 0.0 for x in xs])
+
+    return {
+        "kv_abs_diff_mean": mean(busy), "kv_abs_diff_max": max(busy, default=math.nan),
+        "kv_mean_real": mean([x[0] for x in r]), "kv_mean_sim": mean([x[0] for x in s]),
+        "kv_peak_real": max(real.kv), "kv_peak_sim": max(sim.kv),
+        "kv_time_ge_90pct_real": frac_full(r), "kv_time_ge_90pct_sim": frac_full(s),
+        "running_mean_real": mean([x[1] for x in r]), "running_mean_sim": mean([x[1] for x in s]),
+        "waiting_mean_real": mean([x[2] for x in r]), "waiting_mean_sim": mean([x[2] for x in s]),
+        "preemptions_real": real.preemptions[-1], "preemptions_sim": sim.preemptions[-1],
+        "ttft_p50_real": _pct(real.ttft, 0.5), "ttft_p50_sim": _pct(sim.ttft, 0.5),
+        "ttft_p90_real": _pct(real.ttft, 0.9), "ttft_p90_sim": _pct(sim.ttft, 0.9),
+        "e2e_mean_real": mean(real.e2e), "e2e_mean_sim": mean(sim.e2e),
+        "makespan_real": real.makespan, "makespan_sim": sim.makespan,
+    }
+
+
+@dataclass
+class Comparison:
+    server: ServerConfig
+    workload: Workload
+    requests: int
+    calibration: Calibration
+    model: ReplicaModel
+    real: Series
+    sim: Series
+    figures: dict[str, float]
+    real_extra: dict[str, Any]
+    timings_s: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"server": asdict(self.server), "workload": asdict(self.workload), "requests": self.requests,
+                "calibration": asdict(self.calibration), "model": asdict(self.model), "figures": self.figures,
+                "real_extra": self.real_extra, "timings_s": self.timings_s,
+                "series": {"real": _series_json(self.real), "sim": _series_json(self.sim)}}
+
+
+def _series_json(s: Series) -> dict[str, Any]:
+    return {"t": [round(x, 3) for x in s.t], "kv": [round(x, 4) for x in s.kv], "running": s.running,
+            "waiting": s.waiting, "preemptions": s.preemptions}
+
+
+def run_comparison(workload: Workload, server: ServerConfig | None = None, workdir: Path | None = None,
+                   calibration_reps: int = 3, ready_timeout_s: float = 420.0) -> Comparison:
+    """Start vLLM, calibrate, replay on the server and in the simulator, stop vLLM; raises VLLMUnavailable
+    when there is no vLLM to start."""
+    cfg = server or ServerConfig()
+    reqs = workload.requests()
+    if not reqs:
+        raise ValueError("the workload slice holds no requests")
+    work = workdir or Path(tempfile.mkdtemp(prefix="kvscale-simval-"))
+    model_dir = write_model_dir(tiny_model_config(TINY), work / "model")
+    srv = VLLMServer(model_dir=model_dir, num_blocks=cfg.num_blocks, max_model_len=cfg.max_model_len,
+                     max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_batched_tokens,
+                     served_model_name=MODEL_NAME, extra_args=["--no-enable-prefix-caching"],
+                     log_path=work / "vllm.log")
+    timings: dict[str, float] = {}
+    t = time.monotonic()
+    try:
+        srv.start().wait_ready(ready_timeout_s)
+        timings["server_start"] = time.monotonic() - t
+
+        async def measure() -> tuple[Calibration, Series, dict[str, Any]]:
+            nonlocal t
+            t = time.monotonic()
+            async with httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=10.0)) as http:
+                cal = await calibrate(http, srv.url, cfg, reps=calibration_reps)
+            timings["calibration"] = time.monotonic() - t
+            t = time.monotonic()
+            real, extra = await replay_real(srv.url, reqs)
+            timings["replay"] = time.monotonic() - t
+            return cal, real, extra
+
+        cal, real, extra = asyncio.run(measure())
+    finally:
+        srv.stop()
+    model = cal.model(cfg)
+    t = time.monotonic()
+    sim = replay_sim(model, reqs, real.t)
+    timings["simulation"] = time.monotonic() - t
+    return Comparison(cfg, workload, len(reqs), cal, model, real, sim, compare(real, sim), extra, timings)
+
+
+# ---------------------------------------------------------------- output
+
+ROWS: list[tuple[str, str, str]] = [  # label, figure key (real/sim pairs share a stem), format
+    ("KV usage, time-averaged", "kv_mean", "{:.1%}"),
+    ("KV usage, peak", "kv_peak", "{:.1%}"),
+    ("time with KV usage >= 90%", "kv_time_ge_90pct", "{:.1%}"),
+    ("running requests, time-averaged", "running_mean", "{:.2f}"),
+    ("waiting requests, time-averaged", "waiting_mean", "{:.2f}"),
+    ("preemptions", "preemptions", "{:.0f}"),
+    ("TTFT p50 (s)", "ttft_p50", "{:.3f}"),
+    ("TTFT p90 (s)", "ttft_p90", "{:.3f}"),
+    ("end-to-end latency, mean (s)", "e2e_mean", "{:.2f}"),
+    ("completion of the whole sequence (s)", "makespan", "{:.1f}"),
+]
+
+
+def table_rows(figures: dict[str, float]) -> list[tuple[str, str, str]]:
+    rows = [("mean |KV usage real - sim| (busy time)", f"{figures['kv_abs_diff_mean']:.1%}", ""),
+            ("max |KV usage real - sim|", f"{figures['kv_abs_diff_max']:.1%}", "")]
+    for label, stem, fmt in ROWS:
+        rows.append((label, fmt.format(figures[f"{stem}_real"]), fmt.format(figures[f"{stem}_sim"])))
+    return rows
+
+
+def plot(c: Comparison, path: Path) -> None:
+    """KV usage (top) and running / waiting requests (bottom) over time, real vLLM against the simulator."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, height_ratios=[3, 2])
+    ax1.step(c.real.t, [100 * x for x in c.real.kv], where="post", label="vLLM (CPU) kv_cache_usage_perc", lw=1.2)
+    ax1.step(c.sim.t, [100 * x for x in c.sim.kv], where="post", label="simulator kv_usage", lw=1.2, alpha=0.85)
+    ax1.set_ylabel("KV cache usage (%)")
+    ax1.set_ylim(0, 105)
+    f = c.figures
+    ax1.set_title(f"{c.requests} requests from {Path(c.workload.trace).name} (+{c.workload.start_s:.0f}s, "
+                  f"{c.workload.duration_s:.0f}s), {c.server.num_blocks}x{c.server.block_size}-token blocks; "
+                  f"mean |diff| {f['kv_abs_diff_mean']:.1%}, preemptions {f['preemptions_real']:.0f} vs "
+                  f"{f['preemptions_sim']:.0f}", fontsize=9)
+    ax1.legend(loc="lower right", fontsize=8)
+    ax2.step(c.real.t, c.real.running, where="post", label="running (vLLM)", color="C0")
+    ax2.step(c.sim.t, c.sim.running, where="post", label="running (sim)", color="C1")
+    ax2.step(c.real.t, c.real.waiting, where="post", label="waiting (vLLM)", color="C0", ls="--")
+    ax2.step(c.sim.t, c.sim.waiting, where="post", label="waiting (sim)", color="C1", ls="--")
+    ax2.set_xlabel("seconds since the first request")
+    ax2.set_ylabel("requests")
+    ax2.legend(loc="upper right", fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
