@@ -9,7 +9,9 @@ what a user who sized for the peak by trial would run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,7 @@ class PolicyReport:
     scale_events: int
     unfinished: int
     timeline: list[tuple[float, int, float]]
+    sim_seconds: float = 0.0  # wall time of the replay
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -190,7 +193,9 @@ def evaluate(sc: Scenario, slo: SLO | None = None, trace: list[Request] | None =
         sim = ClusterSim(model, sc.tp, pol, cold_start_s=sc.cold_start_s,
                          initial_replicas=pol.replicas if isinstance(pol, StaticPolicy) else start,
                          max_replicas=sc.max_replicas)
-        reports.append(report(sim.run(reqs), slo, gpu, len(reqs)))
+        t0 = time.perf_counter()
+        res = sim.run(reqs)
+        reports.append(dataclasses.replace(report(res, slo, gpu, len(reqs)), sim_seconds=time.perf_counter() - t0))
     hours = oracle_hours(oracle, reqs, sc.tp)
     reports.append(PolicyReport("oracle (lower bound)", hours, hours * gpu.price_per_hour, slo.attainment,
                                 0.0, 0.0, 0, 0, 0, [(m * 60.0, n, 0.0) for m, n in enumerate(oracle)]))
