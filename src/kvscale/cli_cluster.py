@@ -26,6 +26,11 @@ def add_cluster_commands(sub: Any) -> None:
     ev.add_argument("--cold-start", type=float, default=90.0, help="seconds from scale-up to a serving replica")
     ev.add_argument("--ttft-slo", type=float, default=2.0)
     ev.add_argument("--tpot-slo-ms", type=float, default=100.0)
+    ev.add_argument("--ttft-slo-per-1k", type=float, default=0.0,
+                    help="extra TTFT seconds allowed per 1,000 prompt tokens (long-context traces)")
+    ev.add_argument("--max-queue", type=float, default=1.0,
+                    help="kvscale's queue-time objective in seconds (autoscaling.maxQueueSeconds)")
+    ev.add_argument("--max-num-batched-tokens", type=int, default=2048, help="chunked-prefill budget per step")
     ev.add_argument("--plot", type=Path, help="write a PNG (replicas, KV usage, cost vs SLO)")
     ev.set_defaults(func=cmd_sim_evaluate)
     demo = sub.add_parser("demo", help="local end-to-end run: control plane, operator, real vLLM, load ramp")
@@ -105,10 +110,12 @@ def cmd_sim_evaluate(args: argparse.Namespace, console: Console) -> int:
 
     if not args.trace.is_file():
         raise UsageError(f"--trace {args.trace}: no such file")
+    slo = SLO(args.ttft_slo, args.tpot_slo_ms / 1000, args.ttft_slo_per_1k)
     sc = Scenario(args.trace.stem, str(args.trace), args.model, args.gpu, args.max_model_len, tp=args.tp,
-                  rate_scale=args.rate_scale, cold_start_s=args.cold_start)
+                  rate_scale=args.rate_scale, cold_start_s=args.cold_start, slo=slo, max_queue_s=args.max_queue,
+                  max_num_batched_tokens=args.max_num_batched_tokens)
     try:
-        reports, _ = evaluate(sc, SLO(args.ttft_slo, args.tpot_slo_ms / 1000))
+        reports, _ = evaluate(sc)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     oracle = reports[-1].gpu_hours or 1e-9

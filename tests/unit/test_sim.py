@@ -140,3 +140,24 @@ def test_fleet_sweep_sizes_static_and_oracle_from_replays() -> None:
     busy = max(oracle[5:10])
     quiet = max(oracle[:4] + oracle[11:15])
     assert busy > quiet, oracle  # the burst minutes need more replicas than the quiet ones
+
+
+def test_cli_sim_evaluate_on_a_trace_file(tmp_path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from kvscale.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    rows = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    for r in trace(lambda t: 3.0 if t < 300 else 0.5, 600):
+        whole, frac = divmod(r.arrival_s, 1)
+        stamp = f"2023-11-16 18:{int(whole) // 60:02d}:{int(whole) % 60:02d}.{int(frac * 1e7):07d}"
+        rows.append(f"{stamp},{r.input_tokens},{r.output_tokens}")
+    csv = tmp_path / "mini.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    png = tmp_path / "mini.png"
+    rc = main(["sim", "evaluate", "--trace", str(csv), "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--gpu", "L4",
+               "--max-model-len", "4096", "--cold-start", "30", "--plot", str(png)])
+    out = capsys.readouterr().out
+    assert rc == 0 and png.stat().st_size > 10_000
+    for name in ("kvscale", "static-peak", "queue-length", "kv-threshold", "oracle"):
+        assert name in out
+    assert main(["sim", "evaluate", "--trace", str(tmp_path / "nope.csv")]) == 2
