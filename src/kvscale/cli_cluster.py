@@ -28,8 +28,9 @@ def add_cluster_commands(sub: Any) -> None:
     ev.add_argument("--tpot-slo-ms", type=float, default=100.0)
     ev.add_argument("--ttft-slo-per-1k", type=float, default=0.0,
                     help="extra TTFT seconds allowed per 1,000 prompt tokens (long-context traces)")
-    ev.add_argument("--max-queue", type=float, default=1.0,
-                    help="kvscale's queue-time objective in seconds (autoscaling.maxQueueSeconds)")
+    ev.add_argument("--max-queue", type=float, default=None,
+                    help="kvscale's queue-time objective in seconds (autoscaling.maxQueueSeconds); "
+                         "default: the median prompt's TTFT budget less its prefill time")
     ev.add_argument("--max-num-batched-tokens", type=int, default=2048, help="chunked-prefill budget per step")
     ev.add_argument("--plot", type=Path, help="write a PNG (replicas, KV usage, cost vs SLO)")
     ev.set_defaults(func=cmd_sim_evaluate)

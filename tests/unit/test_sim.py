@@ -161,3 +161,13 @@ def test_cli_sim_evaluate_on_a_trace_file(tmp_path, capsys, monkeypatch) -> None
     for name in ("kvscale", "static-peak", "queue-length", "kv-threshold", "oracle"):
         assert name in out
     assert main(["sim", "evaluate", "--trace", str(tmp_path / "nope.csv")]) == 2
+
+
+def test_queue_objective_leaves_room_for_the_prefill_within_the_ttft_budget() -> None:
+    from kvscale.sim.evaluate import queue_objective
+
+    short = [Request(0, 500, 10)] * 3
+    assert queue_objective(SLO(ttft_s=2.0), MODEL, short) == 1.5  # 2 s less ~0.15 s prefill, down to a bucket
+    long = [Request(0, 60_000, 10)] * 3  # prefill alone ~16 s on this replica: the smallest bucket is left
+    assert queue_objective(SLO(ttft_s=2.0), MODEL, long) == 0.3
+    assert queue_objective(SLO(ttft_s=2.0, ttft_s_per_1k_input=0.5), MODEL, long) >= 10

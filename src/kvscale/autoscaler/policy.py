@@ -147,8 +147,12 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
             reasons.append(f"{rate:.2f} preemptions/s -> {rec}")
     starting_t = now if snap.pending else state.starting_t
     settled = starting_t is None or now - starting_t >= spec.queue_settle_s
-    queue_step = state.queue_step if slow_share > spec.max_slow_fraction else None
-    if done >= spec.min_queue_samples and slow_share > spec.max_slow_fraction and settled:
+    # over the allowance by more than sampling noise (two binomial standard deviations)
+    p_ok = spec.max_slow_fraction
+    noise = 2 * math.sqrt(p_ok * (1 - p_ok) / done) if done else 0.0
+    over = slow_share > p_ok + noise
+    queue_step = state.queue_step if slow_share > p_ok else None
+    if done >= spec.min_queue_samples and over and settled:
         if (queue_step is not None and n > queue_step[0] and slow_share >= 0.75 * queue_step[1]
                 and slow_share < 5 * spec.max_slow_fraction):
             # more replicas did not shorten the queue (requests stuck behind one long prefill): stop there

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..autoscaler.policy import PolicySpec
+from ..autoscaler.vllm_metrics import QUEUE_TIME_BUCKETS
 from ..estimator.catalog import resolve_model
 from ..estimator.gpus import GPUType, default_catalog
 from ..estimator.memory import ServingConfig, estimate
@@ -66,7 +67,7 @@ class Scenario:
     max_num_batched_tokens: int | None = 2048
     quantization: Quantization = Quantization.AUTO
     slo: SLO = SLO()
-    max_queue_s: float = 1.0  # kvscale's queue-time objective, half the TTFT budget
+    max_queue_s: float | None = None  # kvscale's queue-time objective; None: derived from the SLO
 
 
 @dataclass(frozen=True)
@@ -165,11 +166,23 @@ def oracle_hours(oracle: list[int], trace: list[Request], gpus_per_replica: int)
     return sum(n * max(0.0, min(60.0, last - m * 60)) for m, n in enumerate(oracle)) * gpus_per_replica / 3600
 
 
-def default_policies(sc: Scenario, static_n: int) -> list[ScalingPolicy]:
+def queue_objective(slo: SLO, model: ReplicaModel, trace: list[Request]) -> float:
+    """What a user would set as maxQueueSeconds: the TTFT budget of the median prompt less its prefill time
+    on an idle replica, rounded down to one of vLLM's queue-time bucket bounds."""
+    prompts = sorted(r.input_tokens for r in trace) or [0]
+    median = prompts[len(prompts) // 2]
+    budget = slo.ttft_s + slo.ttft_s_per_1k_input * median / 1000
+    steps = -(-median // model.max_batched_tokens)
+    prefill = median * model.flops_per_token / model.flops + model.step_overhead_s * steps
+    fits = [b for b in QUEUE_TIME_BUCKETS if b <= budget - prefill]
+    return fits[-1] if fits else QUEUE_TIME_BUCKETS[0]
+
+
+def default_policies(sc: Scenario, static_n: int, max_queue_s: float) -> list[ScalingPolicy]:
     return [
         KVScalePolicy(PolicySpec(min_replicas=1, max_replicas=sc.max_replicas, target_kv=0.8,
                                  scale_down_window_s=300, max_scale_up_step=8,
-                                 max_queue_s=sc.max_queue_s, max_scale_down_fraction=0.25, scale_down_period_s=60,
+                                 max_queue_s=max_queue_s, max_scale_down_fraction=0.25, scale_down_period_s=60,
                                  max_slow_fraction=1 - sc.slo.attainment)),
         StaticPolicy(static_n),
         QueueLengthPolicy(target_waiting=5, max_replicas=sc.max_replicas),
@@ -189,7 +202,8 @@ def evaluate(sc: Scenario, slo: SLO | None = None, trace: list[Request] | None =
     static_n = sweep.static_size(slo.attainment)
     start = max(1, oracle[0] if oracle else 1)
     reports = []
-    for pol in policies if policies is not None else default_policies(sc, static_n):
+    max_queue_s = sc.max_queue_s or queue_objective(slo, model, reqs)
+    for pol in policies if policies is not None else default_policies(sc, static_n, max_queue_s):
         sim = ClusterSim(model, sc.tp, pol, cold_start_s=sc.cold_start_s,
                          initial_replicas=pol.replicas if isinstance(pol, StaticPolicy) else start,
                          max_replicas=sc.max_replicas)
@@ -212,7 +226,7 @@ SCENARIOS = {
                            "H100-80GB", 16384, max_num_batched_tokens=1024),
     # 12k-token prompts on average, up to 128k: TTFT allows 0.1 s per 1,000 prompt tokens on top of 2 s
     "mooncake": Scenario("mooncake", "conversation_trace.jsonl", "meta-llama/Llama-3.1-8B-Instruct",
-                         "H100-80GB", 131072, slo=SLO(ttft_s_per_1k_input=0.1), max_queue_s=2.0),
+                         "H100-80GB", 131072, slo=SLO(ttft_s_per_1k_input=0.1)),
 }
 
 
