@@ -62,7 +62,7 @@ class Scenario:
     tp: int = 1
     rate_scale: float = 1.0
     cold_start_s: float = 90.0
-    max_replicas: int = 64
+    max_replicas: int = 24  # what a user would allow here: several times the need
     # a smaller chunked-prefill budget keeps mixed steps short enough for a TPOT SLO
     max_num_batched_tokens: int | None = 2048
     quantization: Quantization = Quantization.AUTO
