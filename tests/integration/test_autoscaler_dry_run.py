@@ -76,3 +76,48 @@ def test_dry_run_records_but_does_not_scale(api, namespace: str, operator, page_
     assert dep.spec.replicas == 1
     events = [e for e in core.list_namespaced_event(namespace).items if e.involved_object.name == "advisory"]
     assert any(e.reason == "ScaleRecommended" for e in events)
+
+
+def queue_page(calls: list[int]) -> str:
+    """Idle KV cache, but every scrape 60 more requests finished, a fifth of them after queueing over 1 s."""
+    calls.append(1)
+    done = 60 * len(calls)
+    slow = done // 5
+    return (FULL_CACHE.replace(" 0.95", " 0.10")
+            + "# TYPE vllm:request_queue_time_seconds histogram\n"
+            + f'vllm:request_queue_time_seconds_bucket{{engine="0",le="0.5"}} {done - slow}\n'
+            + f'vllm:request_queue_time_seconds_bucket{{engine="0",le="1.0"}} {done - slow}\n'
+            + f'vllm:request_queue_time_seconds_bucket{{engine="0",le="+Inf"}} {done}\n'
+            + f'vllm:request_queue_time_seconds_count{{engine="0"}} {done}\n'
+            + f'vllm:request_queue_time_seconds_sum{{engine="0"}} {done * 0.6}\n')
+
+
+def test_queue_time_objective_recommends_capacity_for_compute_bound_load(  # type: ignore[no-untyped-def]
+        api, namespace: str, operator, page_server) -> None:
+    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment", "metadata": {"name": "queued"},
+            "spec": {"model": {"name": "Qwen/Qwen2.5-0.5B-Instruct"},
+                     "serving": {"maxModelLen": 4096, "targetConcurrency": 1},
+                     "placement": {"gpuTypes": ["L4"]}, "vllm": {"port": 8000},
+                     "autoscaling": {"dryRun": True, "minReplicas": 1, "maxReplicas": 3, "maxQueueSeconds": 1,
+                                     "maxSlowRequestFraction": 0.05}}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    deadline = time.monotonic() + 60
+    pod = None
+    while time.monotonic() < deadline and pod is None:
+        pods = core.list_namespaced_pod(namespace, label_selector="kvscale.io/llmdeployment=queued").items
+        pod = next((p for p in pods if p.status.pod_ip), None)
+        time.sleep(0.5)
+    assert pod is not None, "vLLM pod never got an IP"
+    calls: list[int] = []
+    page_server.append(serve_page(pod.status.pod_ip, 8000, lambda: queue_page(calls)))
+    deadline = time.monotonic() + 90
+    decision: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        o = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "queued")
+        decision = (o.get("status") or {}).get("lastDecision") or {}
+        if decision.get("desiredReplicas") == 2:
+            break
+        time.sleep(1)
+    assert decision.get("desiredReplicas") == 2, decision
+    assert "queued over 1s" in decision["reason"] and "KV utilization 0.10" in decision["reason"], decision
