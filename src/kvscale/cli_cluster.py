@@ -32,6 +32,7 @@ def add_cluster_commands(sub: Any) -> None:
                     help="kvscale's queue-time objective in seconds (autoscaling.maxQueueSeconds); "
                          "default: the median prompt's TTFT budget less its prefill time")
     ev.add_argument("--max-num-batched-tokens", type=int, default=2048, help="chunked-prefill budget per step")
+    ev.add_argument("--gpu-budget", type=int, default=None, help="GPUs of this type in the cluster (default: no limit)")
     ev.add_argument("--plot", type=Path, help="write a PNG (replicas, KV usage, cost vs SLO)")
     ev.set_defaults(func=cmd_sim_evaluate)
     demo = sub.add_parser("demo", help="local end-to-end run: control plane, operator, real vLLM, load ramp")
@@ -114,7 +115,7 @@ def cmd_sim_evaluate(args: argparse.Namespace, console: Console) -> int:
     slo = SLO(args.ttft_slo, args.tpot_slo_ms / 1000, args.ttft_slo_per_1k)
     sc = Scenario(args.trace.stem, str(args.trace), args.model, args.gpu, args.max_model_len, tp=args.tp,
                   rate_scale=args.rate_scale, cold_start_s=args.cold_start, slo=slo, max_queue_s=args.max_queue,
-                  max_num_batched_tokens=args.max_num_batched_tokens)
+                  max_num_batched_tokens=args.max_num_batched_tokens, gpu_budget=args.gpu_budget)
     try:
         reports, _ = evaluate(sc)
     except ValueError as exc:

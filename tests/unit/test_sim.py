@@ -171,3 +171,20 @@ def test_queue_objective_leaves_room_for_the_prefill_within_the_ttft_budget() ->
     long = [Request(0, 60_000, 10)] * 3  # prefill alone ~16 s on this replica: the smallest bucket is left
     assert queue_objective(SLO(ttft_s=2.0), MODEL, long) == 0.3
     assert queue_objective(SLO(ttft_s=2.0, ttft_s_per_1k_input=0.5), MODEL, long) >= 10
+
+
+def test_gpu_budget_caps_the_fleet_and_the_policy_sees_unschedulable_replicas() -> None:
+    heavy = trace(6.0, 600)
+    seen: list[int] = []
+
+    class Watching(KVScalePolicy):
+        def desired(self, snap):  # type: ignore[no-untyped-def]
+            seen.append(snap.unschedulable)
+            return super().desired(snap)
+
+    spec = PolicySpec(max_replicas=10, target_kv=0.5, scale_down_window_s=120)
+    free = ClusterSim(MODEL, 2, KVScalePolicy(spec), cold_start_s=30, tick_s=10).run(heavy)
+    capped = ClusterSim(MODEL, 2, Watching(spec), cold_start_s=30, tick_s=10, gpu_budget=4).run(heavy)
+    assert max(n for _, n, _ in free.timeline) > 2
+    assert max(n for _, n, _ in capped.timeline) <= 2 and max(seen) >= 1
+    assert capped.gpu_seconds < free.gpu_seconds

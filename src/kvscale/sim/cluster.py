@@ -118,8 +118,15 @@ class ClusterSim:
     initial_replicas: int = 1
     max_replicas: int = 64
     router: str = "least-kv"
+    gpu_budget: int | None = None  # GPUs of this type in the cluster; replicas beyond it stay unschedulable
     replicas: list[Replica] = field(default_factory=list)
     _counter: int = 0
+    _unscheduled: int = 0  # replicas asked for that no GPUs are free for
+
+    def _free_slots(self) -> int:
+        if self.gpu_budget is None:
+            return 1 << 30
+        return max(0, self.gpu_budget // self.gpus_per_replica - len(self.replicas))  # draining ones still hold
 
     def _add(self, now: float, ready_at: float) -> None:
         self._counter += 1
@@ -143,7 +150,9 @@ class ClusterSim:
                                         float(r.preemptions), queue_time_buckets=r.queue_time_buckets)
                  for r in self.replicas if r.ready_at <= now and not r.draining}
         pending = sum(1 for r in self.replicas if r.ready_at > now and not r.draining)
-        return Snapshot(now=now, replicas=desired, ready=ready, pending=pending)
+        why = f"0/{self.gpu_budget} GPUs free: Insufficient nvidia.com/gpu" if self._unscheduled else ""
+        return Snapshot(now=now, replicas=desired, ready=ready, pending=pending, unschedulable=self._unscheduled,
+                        unschedulable_reason=why)
 
     def run(self, trace: list[Request], on_tick: Callable[[float], None] | None = None) -> SimResult:
         for _ in range(self.initial_replicas):
@@ -181,11 +190,22 @@ class ClusterSim:
                 continue
             while backlog and self._route(backlog[0], now, rr):
                 backlog.pop(0)
+            while self._unscheduled and self._free_slots():  # GPUs freed by drained replicas
+                self._unscheduled -= 1
+                self._add(now, now + self.cold_start_s)
             active = [r for r in self.replicas if not r.draining]
-            want = max(0, min(self.max_replicas, self.policy.desired(self._snapshot(now, len(active)))))
-            if want > len(active):
-                for _ in range(want - len(active)):
-                    self._add(now, now + self.cold_start_s)
+            current = len(active) + self._unscheduled
+            want = max(0, min(self.max_replicas, self.policy.desired(self._snapshot(now, current))))
+            if want < current and self._unscheduled:  # give up on the unplaced ones first
+                drop = min(self._unscheduled, current - want)
+                self._unscheduled -= drop
+                current -= drop
+            if want > current:
+                for _ in range(want - current):
+                    if self._free_slots():
+                        self._add(now, now + self.cold_start_s)
+                    else:
+                        self._unscheduled += 1
                 scale_events += 1
             elif want < len(active):
                 # drain the emptiest (not-yet-ready ones first)

@@ -68,6 +68,7 @@ class Scenario:
     quantization: Quantization = Quantization.AUTO
     slo: SLO = SLO()
     max_queue_s: float | None = None  # kvscale's queue-time objective; None: derived from the SLO
+    gpu_budget: int | None = None  # GPUs of this type available to the policies (not to the oracle)
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def evaluate(sc: Scenario, slo: SLO | None = None, trace: list[Request] | None =
     for pol in policies if policies is not None else default_policies(sc, static_n, max_queue_s):
         sim = ClusterSim(model, sc.tp, pol, cold_start_s=sc.cold_start_s,
                          initial_replicas=pol.replicas if isinstance(pol, StaticPolicy) else start,
-                         max_replicas=sc.max_replicas)
+                         max_replicas=sc.max_replicas, gpu_budget=sc.gpu_budget)
         t0 = time.perf_counter()
         res = sim.run(reqs)
         reports.append(dataclasses.replace(report(res, slo, gpu, len(reqs)), sim_seconds=time.perf_counter() - t0))
