@@ -6,13 +6,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from .processes import stop_group
+from .processes import stop_group, wait_healthy
 from .vllm_server import free_port
 
 
@@ -36,17 +35,10 @@ class OperatorProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"operator not healthy after {timeout}s:\n{self.log_tail()}")
+        why = wait_healthy(self.proc, f"http://127.0.0.1:{self.health_port}/healthz", timeout)
+        if why:
+            raise RuntimeError(f"operator {why}:\n{self.log_tail()}")
+        return self
 
     def log_tail(self, n: int = 60) -> str:
         if not self.log_path or not self.log_path.exists():

@@ -7,14 +7,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import yaml
 
-from .processes import stop_group
+from .processes import stop_group, wait_healthy
 from .vllm_server import free_port
 
 
@@ -66,17 +64,10 @@ class PrometheusServer:
                  f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
                  "--storage.tsdb.retention.time=1h"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise PrometheusUnavailable((self.workdir / "prometheus.log").read_text()[-2000:])
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise PrometheusUnavailable(f"prometheus not ready after {timeout}s")
+        why = wait_healthy(self.proc, f"{self.url}/-/ready", timeout)
+        if why:
+            raise PrometheusUnavailable(f"prometheus {why}:\n{(self.workdir / 'prometheus.log').read_text()[-2000:]}")
+        return self
 
     def stop(self) -> None:
         stop_group(self.proc, 15)

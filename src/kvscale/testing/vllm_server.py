@@ -14,15 +14,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from .processes import stop_group
+from .processes import stop_group, wait_healthy
 from .vllm_install import DEFAULT_VENV, venv_python
 
 KV_LINE = re.compile(r"KV cache size: ([\d,]+) tokens, Maximum concurrency for ([\d,]+) tokens per request: "
@@ -116,17 +113,10 @@ class VLLMServer:
 
     def wait_ready(self, timeout: float = 420.0) -> VLLMServer:
         assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise VLLMUnavailable(f"vLLM exited with {self.proc.returncode}; log tail:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(1.0)
-        raise VLLMUnavailable(f"vLLM not healthy after {timeout:.0f}s; log tail:\n{self.log_tail()}")
+        why = wait_healthy(self.proc, f"{self.url}/health", timeout, interval=1.0)
+        if why:
+            raise VLLMUnavailable(f"vLLM {why}; log tail:\n{self.log_tail()}")
+        return self
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
