@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import http.server
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from kubernetes import client
 
 from kvscale.operator.resource import GROUP, PLURAL, VERSION
 from kvscale.testing.metrics_page import serve_page
+from kvscale.testing.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -39,23 +40,28 @@ def page_server() -> Iterator[list[http.server.ThreadingHTTPServer]]:
         s.server_close()
 
 
-def test_dry_run_records_but_does_not_scale(api, namespace: str, operator, page_server) -> None:  # type: ignore[no-untyped-def]
-    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment", "metadata": {"name": "advisory"},
+def deploy_with_page(api, namespace: str, name: str, autoscaling: dict[str, Any],  # type: ignore[no-untyped-def]
+                     page_server: list[http.server.ThreadingHTTPServer], page: Callable[[], str]) -> None:
+    """An advisory LLMDeployment whose one pod answers /metrics with ``page`` on its IP."""
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment", "metadata": {"name": name},
             "spec": {"model": {"name": "Qwen/Qwen2.5-0.5B-Instruct"},
                      "serving": {"maxModelLen": 4096, "targetConcurrency": 1},
                      "placement": {"gpuTypes": ["L4"]}, "vllm": {"port": 8000},
-                     "autoscaling": {"dryRun": True, "minReplicas": 1, "maxReplicas": 3,
-                                     "targetKVCacheUtilization": 0.5}}}
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-    deadline = time.monotonic() + 60
-    pod = None
-    while time.monotonic() < deadline and pod is None:
-        pods = core.list_namespaced_pod(namespace, label_selector="kvscale.io/llmdeployment=advisory").items
-        pod = next((p for p in pods if p.status.pod_ip), None)
-        time.sleep(0.5)
-    assert pod is not None, "vLLM pod never got an IP"
-    page_server.append(serve_page(pod.status.pod_ip, 8000, lambda: FULL_CACHE))
+                     "autoscaling": {"dryRun": True, "minReplicas": 1, "maxReplicas": 3, **autoscaling}}}
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    core = client.CoreV1Api(api)
+
+    def pod_with_ip() -> Any:
+        pods = core.list_namespaced_pod(namespace, label_selector=f"kvscale.io/llmdeployment={name}").items
+        return next((p for p in pods if p.status.pod_ip), None)
+
+    pod = wait_for(pod_with_ip, 60, "the vLLM pod to get an IP")
+    page_server.append(serve_page(pod.status.pod_ip, 8000, page))
+
+
+def test_dry_run_records_but_does_not_scale(api, namespace: str, operator, page_server) -> None:  # type: ignore[no-untyped-def]
+    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+    deploy_with_page(api, namespace, "advisory", {"targetKVCacheUtilization": 0.5}, page_server, lambda: FULL_CACHE)
 
     def decided() -> dict[str, Any] | None:
         o = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "advisory")
@@ -94,23 +100,10 @@ def queue_page(calls: list[int]) -> str:
 
 def test_queue_time_objective_recommends_capacity_for_compute_bound_load(  # type: ignore[no-untyped-def]
         api, namespace: str, operator, page_server) -> None:
-    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment", "metadata": {"name": "queued"},
-            "spec": {"model": {"name": "Qwen/Qwen2.5-0.5B-Instruct"},
-                     "serving": {"maxModelLen": 4096, "targetConcurrency": 1},
-                     "placement": {"gpuTypes": ["L4"]}, "vllm": {"port": 8000},
-                     "autoscaling": {"dryRun": True, "minReplicas": 1, "maxReplicas": 3, "maxQueueSeconds": 1,
-                                     "maxSlowRequestFraction": 0.05}}}
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-    deadline = time.monotonic() + 60
-    pod = None
-    while time.monotonic() < deadline and pod is None:
-        pods = core.list_namespaced_pod(namespace, label_selector="kvscale.io/llmdeployment=queued").items
-        pod = next((p for p in pods if p.status.pod_ip), None)
-        time.sleep(0.5)
-    assert pod is not None, "vLLM pod never got an IP"
+    custom = client.CustomObjectsApi(api)
     calls: list[int] = []
-    page_server.append(serve_page(pod.status.pod_ip, 8000, lambda: queue_page(calls)))
+    deploy_with_page(api, namespace, "queued", {"maxQueueSeconds": 1, "maxSlowRequestFraction": 0.05}, page_server,
+                     lambda: queue_page(calls))
     deadline = time.monotonic() + 90
     decision: dict[str, Any] = {}
     while time.monotonic() < deadline:
