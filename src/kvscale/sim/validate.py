@@ -59,8 +59,8 @@ class ServerConfig:
     max_model_len: int = 2048
 
 
-# the shared trace folder next to the checkout, as for bench/autoscaling_eval.py
-TRACE = str(Path(__file__).resolve().parents[3].parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv")
+# rows of the Azure conversation trace around the slices used here, with the trace's own time origin
+TRACE = str(Path(__file__).resolve().parent / "data" / "azure_conv_1800-1980s.csv")
 
 
 def _scaled(r: Request, t: float, input_div: int, max_input: int, max_output: int) -> Request:
