@@ -148,12 +148,16 @@ def test_queue_time_objective_scales_up_when_memory_is_idle() -> None:
     assert run(steps, SPEC)[-1].desired == 4
 
 
-def test_queue_time_needs_enough_requests_and_rounds_to_buckets() -> None:
+def test_queue_time_needs_enough_requests_and_interpolates_within_buckets() -> None:
     few = run([queued(0, 2, [(0, 0)] * 2), queued(15, 2, [(20, 10)] * 2)], QSPEC)[-1]
     assert few.desired == 2  # 40 requests in the window are too few to judge
-    lenient = PolicySpec(**{**QSPEC.__dict__, "max_queue_s": 1.5})  # rounds up to the 2.0 s bucket: none slow
-    d = run([queued(0, 2, [(0, 0)] * 2), queued(15, 2, [(200, 50)] * 2)], lenient)[-1]
+    steps = [queued(0, 2, [(0, 0)] * 2), queued(15, 2, [(200, 50)] * 2)]
+    lenient = PolicySpec(**{**QSPEC.__dict__, "max_queue_s": 2.0})  # every slow one finished within 2 s
+    d = run(steps, lenient)[-1]
     assert d.desired == 2 and "queued" not in d.reason
+    halfway = PolicySpec(**{**QSPEC.__dict__, "max_queue_s": 1.5})  # half of the 1-2 s bucket: 12.5 % slow
+    d = run(steps, halfway)[-1]
+    assert d.desired == 3 and "12.5% of 400 requests queued over 1.5s" in d.reason, d.reason
 
 
 def test_occasional_slow_requests_block_scale_down() -> None:
@@ -182,3 +186,25 @@ def test_scale_down_step_and_period() -> None:
     downs = [(i * 15, d.current, d.desired) for i, d in enumerate(ds) if d.desired < d.current]
     assert downs[0] == (60, 8, 6)  # a quarter of 8, after the window
     assert all(t - 60 >= 60 for t, _, _ in downs[1:])  # the next one a full period later
+
+
+def test_a_shrunk_fleet_is_measured_before_it_shrinks_again() -> None:
+    spec = PolicySpec(**{**QSPEC.__dict__, "scale_down_window_s": 60, "max_scale_down_fraction": 0.25,
+                         "queue_window_s": 300})
+    # 8 replicas, nothing slow, KV says 1: down to 6 once the window has passed
+    steps = [queued(t, 8, [(t * 2, 0)] * 8) for t in range(0, 61, 15)]
+    ds = run(steps, spec)
+    assert (ds[-1].current, ds[-1].desired) == (8, 6)
+    # on 6 replicas the shares in the window come from the 8: no further step until 6 have served 100 requests
+    state = PolicyState()
+    for s in steps:
+        state, _ = decide(s, state, spec)
+    held = []
+    for t in range(75, 200, 15):
+        state, d = decide(queued(t, 6, [(t * 0.05, 0)] * 6), state, spec)
+        held.append(d)
+    assert all(d.desired == 6 for d in held), [d.reason for d in held]
+    assert "no scale-down yet" in held[0].reason
+    # once they have (and nothing was slow), the next step comes
+    state, d = decide(queued(300, 6, [(120, 0)] * 6), state, spec)
+    assert d.desired == 5, d.reason

@@ -106,9 +106,28 @@ def test_evaluate_reports_oracle_below_policies(tmp_path) -> None:  # type: igno
     sc = Scenario("syn", "unused", "Qwen/Qwen2.5-0.5B-Instruct", "L4", 8192, cold_start_s=30, max_replicas=8)
     reports, oracle = evaluate(sc, trace=trace(3.0, 600))
     names = [r.policy for r in reports]
-    assert names[-1].startswith("oracle") and len(reports) == 5
+    assert names[-1].startswith("oracle") and names[-2] == "oracle + 30s cold start" and len(reports) == 6
     assert reports[-1].gpu_hours <= min(r.gpu_hours for r in reports[:-1]) + 1e-9
     assert oracle and all(n >= 0 for n in oracle)
+
+
+def test_cold_start_bound_idles_through_short_gaps_and_restarts_across_long_ones() -> None:
+    from kvscale.sim.evaluate import cold_start_bound_hours
+
+    reqs = [Request(0.0, 10, 10), Request(600.0, 10, 10)]  # 10 minutes long
+    # one replica all along, a second busy in minutes 2, 3 and 8: a 4-minute gap costs one 90 s start
+    oracle = [1, 1, 2, 2, 1, 1, 1, 1, 2, 1]
+    first = 600.0
+    second = 90 + 120 + 90 + 60
+    assert cold_start_bound_hours(oracle, reqs, 1, 90.0, initial=1) * 3600 == first + second
+    # a gap shorter than the cold start is cheaper to idle through
+    oracle = [1, 1, 2, 1, 2, 1, 1, 1, 1, 1]
+    assert cold_start_bound_hours(oracle, reqs, 1, 90.0, initial=1) * 3600 == first + 90 + 60 + 60 + 60
+    # replicas ready at the start idle up to the cold start before they are first needed; 2 GPUs each
+    assert cold_start_bound_hours([2, 1, 2], [Request(0, 1, 1), Request(180, 1, 1)], 2, 90.0, initial=2) \
+        * 3600 == 2 * (180 + 60 + 60 + 60)
+    from kvscale.sim.evaluate import oracle_hours
+    assert cold_start_bound_hours(oracle, reqs, 1, 0.0, initial=1) == oracle_hours(oracle, reqs, 1)
 
 
 def test_trace_loaders(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -167,9 +186,9 @@ def test_queue_objective_leaves_room_for_the_prefill_within_the_ttft_budget() ->
     from kvscale.sim.evaluate import queue_objective
 
     short = [Request(0, 500, 10)] * 3
-    assert queue_objective(SLO(ttft_s=2.0), MODEL, short) == 1.5  # 2 s less ~0.15 s prefill, down to a bucket
+    assert queue_objective(SLO(ttft_s=2.0), MODEL, short) == 1.8  # 2 s less ~0.15 s prefill, down to 0.1 s
     long = [Request(0, 60_000, 10)] * 3  # prefill alone ~16 s on this replica: the smallest bucket is left
-    assert queue_objective(SLO(ttft_s=2.0), MODEL, long) == 0.3
+    assert queue_objective(SLO(ttft_s=2.0), MODEL, long) == 0.1
     assert queue_objective(SLO(ttft_s=2.0, ttft_s_per_1k_input=0.5), MODEL, long) >= 10
 
 

@@ -34,7 +34,9 @@ class PolicySpec:
     panic_window_s: float = 60.0  # how long panic forbids scale-down
     max_queue_s: float | None = None  # queue-time objective; None: latency is not a signal
     max_slow_fraction: float = 0.01  # share of requests allowed to queue longer
-    queue_window_s: float = 120.0  # queue-time shares are taken over this long
+    # queue-time shares are taken over this long: at a 1 % allowance and a few hundred requests a minute,
+    # two minutes hold so few slow requests that chance alone crosses the line now and then
+    queue_window_s: float = 300.0
     min_queue_samples: int = 100  # fewer finished requests in the window say nothing
     queue_settle_s: float = 30.0  # queue times are reported at finish: after new replicas, wait for fresh ones
     max_scale_down_fraction: float = 0.5  # most of the replicas removed at once
@@ -54,6 +56,7 @@ class PolicyState:
     queue_samples: tuple[tuple[float, float, float], ...] = ()  # (t, requests, slow) per decision
     last_down_t: float | None = None
     queue_step: tuple[int, float] | None = None  # (replicas, slow share) at the last queue-time scale-up
+    fleet: tuple[int, float] | None = None  # (measured replicas, since when)
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,14 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
             rec = pre_rec
             reasons.append(f"{rate:.2f} preemptions/s -> {rec}")
     starting_t = now if snap.pending else state.starting_t
+    fleet = state.fleet if state.fleet is not None and state.fleet[0] == n else (n, now)
+    on_fleet = [x for x in queue_samples if x[0] >= fleet[1] + spec.queue_settle_s]
+    fresh = sum(x[1] for x in on_fleet)
+    # whether this fleet can shrink is judged on what it served itself, once that is enough to go by
+    down_share = sum(x[2] for x in on_fleet) / fresh if fresh >= spec.min_queue_samples else slow_share
+    # queue times from a larger fleet say nothing about this one: measure it before shrinking it
+    unmeasured = (done >= spec.min_queue_samples and fresh < spec.min_queue_samples
+                  and now - fleet[1] < spec.queue_window_s)
     settled = starting_t is None or now - starting_t >= spec.queue_settle_s
     # over the allowance by more than sampling noise (two binomial standard deviations)
     p_ok = spec.max_slow_fraction
@@ -167,9 +178,9 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
                 queue_step = (n, slow_share)
                 reasons.append(f"{slow_share:.1%} of {done:.0f} requests queued over {spec.max_queue_s:g}s "
                                f"-> {rec}")
-    elif slow_share > spec.max_slow_fraction / 2 and rec < n:
+    elif down_share > spec.max_slow_fraction / 2 and rec < n:
         rec = n  # the objective is being missed now and then: no fewer replicas
-        reasons.append(f"{slow_share:.1%} of requests queued over {spec.max_queue_s:g}s -> no scale-down")
+        reasons.append(f"{down_share:.1%} of requests queued over {spec.max_queue_s:g}s -> no scale-down")
     # a queue is partly backlog that drains once capacity arrives: grow on it by at most half per decision
     capped = max(rec_kv, n + max(1, math.ceil(n / 2)))
     if rec > capped:
@@ -195,7 +206,7 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
     down = int(window.maximum(recs, now, spec.scale_down_window_s) or rec)
     new_state = replace(state, first_t=first_t, recommendations=recs, preemption_totals=totals, last_t=now,
                         queue_totals=queue_totals or state.queue_totals,
-                        starting_t=starting_t, queue_step=queue_step,
+                        starting_t=starting_t, queue_step=queue_step, fleet=fleet,
                         queue_samples=queue_samples,
                         panic_until=panic_until,
                         queue_since=queue_since)
@@ -211,6 +222,10 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
             limited += "; not adding more"
         elif desired < up:
             limited = f"step limited to +{spec.max_scale_up_step}"
+    elif down < current and unmeasured:
+        desired = current
+        reasons.append(f"queue times on {n} replicas from {fresh:.0f} of {spec.min_queue_samples} requests "
+                       "so far -> no scale-down yet")
     elif (down < current and not panic and not snap.missing and now - first_t >= spec.scale_down_window_s
           and (state.last_down_t is None or now - state.last_down_t >= spec.scale_down_period_s)):
         # at most a fraction per step; idle -> zero

@@ -19,12 +19,24 @@ class ReplicaMetrics:
     queue_time_buckets: tuple[tuple[float, float], ...] = ()
 
     def queue_time_counts(self, objective_s: float) -> tuple[float, float]:
-        """(requests, requests that queued longer than the objective rounded up to a bucket bound)."""
+        """(requests, requests that queued longer than the objective).
+
+        An objective between two bucket bounds is interpolated linearly, as Prometheus's
+        ``histogram_quantile`` does, so 2.4 s means 2.4 s and not the 2.5 s bound; past the last
+        finite bound nothing is known, so every request there counts as slow.
+        """
         if not self.queue_time_buckets:
             return 0.0, 0.0
         total = self.queue_time_buckets[-1][1]
-        within = next((c for le, c in self.queue_time_buckets if le >= objective_s), total)
-        return total, total - within
+        lo_le, lo_c = 0.0, 0.0
+        for le, c in self.queue_time_buckets:
+            if le >= objective_s:
+                if le == float("inf"):
+                    return total, total - lo_c
+                within = lo_c + (c - lo_c) * (objective_s - lo_le) / (le - lo_le) if le > lo_le else c
+                return total, total - within
+            lo_le, lo_c = le, c
+        return total, total - lo_c
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Every policy sees the same trace, model, GPU and cold start. The oracle has perfect
 knowledge and instant scaling: per minute, the fewest replicas with which that minute's
-requests meet the SLO (from fixed-size fleets replayed over the whole trace). Static
+requests meet the SLO (from fixed-size fleets replayed over the whole trace); charged for
+cold starts as well, it is the floor for any policy that has to wait for replicas. Static
 provisioning is the smallest fixed fleet that meets the SLO over the whole trace, which is
 what a user who sized for the peak by trial would run.
 """
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..autoscaler.policy import PolicySpec
-from ..autoscaler.vllm_metrics import QUEUE_TIME_BUCKETS
 from ..estimator.catalog import resolve_model
 from ..estimator.gpus import GPUType, default_catalog
 from ..estimator.memory import ServingConfig, estimate
@@ -167,16 +167,37 @@ def oracle_hours(oracle: list[int], trace: list[Request], gpus_per_replica: int)
     return sum(n * max(0.0, min(60.0, last - m * 60)) for m, n in enumerate(oracle)) * gpus_per_replica / 3600
 
 
+def cold_start_bound_hours(oracle: list[int], trace: list[Request], gpus_per_replica: int, cold_start_s: float,
+                           initial: int) -> float:
+    """The oracle's per-minute fleet for a policy that knows the future but must start replicas
+    ``cold_start_s`` ahead: each replica either idles through a gap or pays a cold start before its next
+    busy minute, whichever is cheaper. No policy that waits for cold starts can use fewer GPU-hours."""
+    last = trace[-1].arrival_s if trace else 0.0
+    seconds = 0.0
+    for k in range(1, max(oracle, default=0) + 1):
+        free_until = None  # end of this replica's last busy minute; None: not used yet
+        for m, n in enumerate(oracle):
+            if n < k:
+                continue
+            start = m * 60.0
+            if free_until is None:
+                seconds += min(start, cold_start_s) if k <= initial else cold_start_s
+            elif start > free_until:
+                seconds += min(start - free_until, cold_start_s)
+            seconds += max(0.0, min(60.0, last - start))
+            free_until = start + 60.0
+    return seconds * gpus_per_replica / 3600
+
+
 def queue_objective(slo: SLO, model: ReplicaModel, trace: list[Request]) -> float:
     """What a user would set as maxQueueSeconds: the TTFT budget of the median prompt less its prefill time
-    on an idle replica, rounded down to one of vLLM's queue-time bucket bounds."""
+    on an idle replica, rounded down to a tenth of a second (at least 0.1 s)."""
     prompts = sorted(r.input_tokens for r in trace) or [0]
     median = prompts[len(prompts) // 2]
     budget = slo.ttft_s + slo.ttft_s_per_1k_input * median / 1000
     steps = -(-median // model.max_batched_tokens)
     prefill = median * model.flops_per_token / model.flops + model.step_overhead_s * steps
-    fits = [b for b in QUEUE_TIME_BUCKETS if b <= budget - prefill]
-    return fits[-1] if fits else QUEUE_TIME_BUCKETS[0]
+    return max(0.1, math.floor((budget - prefill) * 10 + 1e-9) / 10)
 
 
 def default_policies(sc: Scenario, static_n: int, max_queue_s: float) -> list[ScalingPolicy]:
@@ -212,6 +233,9 @@ def evaluate(sc: Scenario, slo: SLO | None = None, trace: list[Request] | None =
         res = sim.run(reqs)
         reports.append(dataclasses.replace(report(res, slo, gpu, len(reqs)), sim_seconds=time.perf_counter() - t0))
     hours = oracle_hours(oracle, reqs, sc.tp)
+    bound = cold_start_bound_hours(oracle, reqs, sc.tp, sc.cold_start_s, start)
+    reports.append(PolicyReport(f"oracle + {sc.cold_start_s:.0f}s cold start", bound, bound * gpu.price_per_hour,
+                                slo.attainment, 0.0, 0.0, 0, 0, 0, []))
     reports.append(PolicyReport("oracle (lower bound)", hours, hours * gpu.price_per_hour, slo.attainment,
                                 0.0, 0.0, 0, 0, 0, [(m * 60.0, n, 0.0) for m, n in enumerate(oracle)]))
     return reports, oracle
