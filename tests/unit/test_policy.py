@@ -208,3 +208,33 @@ def test_a_shrunk_fleet_is_measured_before_it_shrinks_again() -> None:
     # once they have (and nothing was slow), the next step comes
     state, d = decide(queued(300, 6, [(120, 0)] * 6), state, spec)
     assert d.desired == 5, d.reason
+
+
+def closed_loop(spec: PolicySpec, slow_at: set[int], until: int, start: int = 2) -> list[tuple[int, int]]:
+    """Drive ``decide`` with its own replica count: 50 requests per pod per 15 s, 40 % of them slow in the
+    ticks listed (a burst), none otherwise. Returns (t, desired) per tick."""
+    state, replicas, counts, out = PolicyState(), start, {}, []
+    for t in range(0, until, 15):
+        for i in range(replicas):
+            total, slow = counts.get(f"p{i}", (0.0, 0.0))
+            counts[f"p{i}"] = (total + 50, slow + (20 if t in slow_at else 0))
+        ready = {p: ReplicaMetrics(kv_cache_usage=0.1, running=2, waiting=0, preemptions_total=0,
+                                   queue_time_buckets=((1.0, total - slow), (float("inf"), total)))
+                 for p, (total, slow) in list(counts.items())[:replicas]}
+        state, d = decide(Snapshot(now=t, replicas=replicas, ready=ready), state, spec)
+        replicas = d.desired
+        out.append((t, d.desired))
+    return out
+
+
+def test_recurring_bursts_keep_the_capacity_they_needed() -> None:
+    spec = PolicySpec(**{**QSPEC.__dict__, "scale_down_window_s": 60, "queue_window_s": 30, "panic_window_s": 15,
+                         "max_scale_down_fraction": 1.0, "burst_memory_s": 900})
+    once = closed_loop(spec, {60}, 600)
+    peak = max(n for _, n in once)
+    assert peak > 2 and once[-1][1] < peak  # one burst: back down after the usual window
+    twice = closed_loop(spec, {60, 300}, 900)
+    after = [n for t, n in twice if t >= 330]
+    assert min(after) == max(n for _, n in twice) > 2, twice  # the second burst: its capacity stays
+    forgetful = closed_loop(PolicySpec(**{**spec.__dict__, "burst_memory_s": 0.0}), {60, 300}, 900)
+    assert forgetful[-1][1] < min(after), forgetful

@@ -6,7 +6,9 @@ raised when requests queue or get preempted. Like the HPA and Knative's KPA, sca
 the smallest recommendation of a short window, scale-downs the largest of a long one, so
 the count never drops below what recent load needed and never reverses inside a window.
 Panic mode (a burst that needs at least twice the replicas, or a nearly full cache with a
-queue) scales up at once and forbids scale-down for a stable window. Missing data holds.
+queue) scales up at once and forbids scale-down for a stable window. Bursts shorter than a
+cold start cannot be chased; once they recur, the capacity they needed is the forecast and is
+kept. Missing data holds.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class PolicySpec:
     queue_settle_s: float = 30.0  # queue times are reported at finish: after new replicas, wait for fresh ones
     max_scale_down_fraction: float = 0.5  # most of the replicas removed at once
     scale_down_period_s: float = 0.0  # least time between two scale-downs
+    # bursts the cold start cannot catch come back: after two queue-driven growths within this long,
+    # scale-downs take the largest recommendation of this long instead (0: off)
+    burst_memory_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class PolicyState:
     last_down_t: float | None = None
     queue_step: tuple[int, float] | None = None  # (replicas, slow share) at the last queue-time scale-up
     fleet: tuple[int, float] | None = None  # (measured replicas, since when)
+    bursts: tuple[float, ...] = ()  # when queue-driven growth episodes began
+    pressure_t: float | None = None  # last time queues asked for more replicas than memory
 
 
 @dataclass(frozen=True)
@@ -107,7 +114,7 @@ def _clamp(n: int, spec: PolicySpec) -> int:
 
 def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[PolicyState, Decision]:
     now, current = snap.now, snap.replicas
-    keep = max(spec.scale_down_window_s, spec.scale_up_window_s, spec.panic_window_s) + 1.0
+    keep = max(spec.scale_down_window_s, spec.scale_up_window_s, spec.panic_window_s, spec.burst_memory_s) + 1.0
     if not snap.ready:
         if current == 0:
             return state, Decision(True, 0, 0, "scaled to zero: no replica to measure")
@@ -194,6 +201,19 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
     # more replicas, and block any scale-down below
     rec = max(rec, 0)
 
+    bursts = tuple(b for b in state.bursts if now - b <= spec.burst_memory_s)
+    pressure_t = state.pressure_t
+    if rec > max(rec_kv, n):  # queues ask for more than memory does
+        if pressure_t is None or now - pressure_t > spec.panic_window_s:
+            bursts += (now,)  # a new episode, not the same queue seen again
+        pressure_t = now
+        peak = window.maximum(state.recommendations, now, spec.burst_memory_s) or 0
+        if spec.burst_memory_s and len(bursts) >= 2 and peak > rec:
+            # the burst is back: what the last ones needed is the forecast, as waiting for it costs a cold start
+            rec = int(peak)
+            reasons.append(f"burst {len(bursts)} in {spec.burst_memory_s:.0f}s: back to the {rec} the last ones needed")
+    if spec.burst_memory_s and len(bursts) >= 2:
+        reasons.append(f"{len(bursts)} queue bursts in {spec.burst_memory_s:.0f}s: scale-down waits that long")
     bursting = rec >= 2 * max(1, n) or any(m.kv_cache_usage >= PANIC_KV and m.waiting > 0
                                           for m in snap.ready.values())
     panic_until = now + spec.panic_window_s if bursting else state.panic_until
@@ -203,10 +223,13 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
     recs = window.append(state.recommendations, now, float(rec), keep)
     up = rec if (spec.scale_up_window_s <= 0 or bursting) else int(window.minimum(recs, now, spec.scale_up_window_s)
                                                                        or rec)
-    down = int(window.maximum(recs, now, spec.scale_down_window_s) or rec)
+    down_window = spec.scale_down_window_s if len(bursts) < 2 else max(spec.scale_down_window_s,
+                                                                         spec.burst_memory_s)
+    down = int(window.maximum(recs, now, down_window) or rec)
     new_state = replace(state, first_t=first_t, recommendations=recs, preemption_totals=totals, last_t=now,
                         queue_totals=queue_totals or state.queue_totals,
-                        starting_t=starting_t, queue_step=queue_step, fleet=fleet,
+                        starting_t=starting_t, queue_step=queue_step, fleet=fleet, bursts=bursts,
+                        pressure_t=pressure_t,
                         queue_samples=queue_samples,
                         panic_until=panic_until,
                         queue_since=queue_since)

@@ -22,6 +22,7 @@ def policy_spec(a: Autoscaling) -> PolicySpec:
         max_scale_down_fraction=a.max_scale_down_percent / 100,
         scale_down_period_s=float(a.scale_down_period_seconds),
         max_queue_s=a.max_queue_seconds, max_slow_fraction=a.max_slow_request_fraction,
+        burst_memory_s=float(a.burst_memory_seconds),
         panic_window_s=float(min(60, max(a.scale_down_stabilization_seconds, 1))),
     )
 

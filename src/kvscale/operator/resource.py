@@ -122,10 +122,14 @@ class Autoscaling(_Model):
         "Least time between two scale-downs."))
     max_queue_seconds: float | None = Field(default=None, alias="maxQueueSeconds", gt=0, le=3600, description=(
         "Queue-time objective: requests should wait at most this long before their prefill starts "
-        "(vllm:request_queue_time_seconds, rounded up to its bucket bounds). Catches compute-bound load "
+        "(vllm:request_queue_time_seconds, interpolated between its bucket bounds). Catches compute-bound load "
         "(prefill bursts, long prompts) that KV usage misses. Unset: queue time is not a signal."))
     max_slow_request_fraction: float = Field(default=0.01, alias="maxSlowRequestFraction", gt=0, lt=1, description=(
         "Share of requests allowed to queue longer than maxQueueSeconds before scaling up."))
+    burst_memory_seconds: int = Field(default=1800, alias="burstMemorySeconds", ge=0, le=86400, description=(
+        "Once queues have forced growth twice within this long (bursts shorter than a cold start), "
+        "scale-downs wait for this long instead of scaleDownStabilizationSeconds: recurring bursts are "
+        "expected back. 0 disables."))
     metrics: MetricsSource = Field(default_factory=MetricsSource, description="Where KV-cache metrics come from.")
 
 

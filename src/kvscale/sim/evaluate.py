@@ -205,6 +205,7 @@ def default_policies(sc: Scenario, static_n: int, max_queue_s: float) -> list[Sc
         KVScalePolicy(PolicySpec(min_replicas=1, max_replicas=sc.max_replicas, target_kv=0.8,
                                  scale_down_window_s=300, max_scale_up_step=8,
                                  max_queue_s=max_queue_s, max_scale_down_fraction=0.25, scale_down_period_s=60,
+                                 burst_memory_s=1800,
                                  max_slow_fraction=1 - sc.slo.attainment)),
         StaticPolicy(static_n),
         QueueLengthPolicy(target_waiting=5, max_replicas=sc.max_replicas),
