@@ -8,7 +8,7 @@ queue-length rule, a WVA-style KV threshold rule, the oracle (per minute, the sm
 fleet meeting the SLO) and the same oracle charged for cold starts (the floor for any policy
 whose replicas take the cold start to become ready). Plots go to bench/results/.
 
-    python bench/autoscaling_eval.py [--traces DIR] [--only azure-conv] [--rate-scale 1]
+    python bench/autoscaling_eval.py [--traces DIR] [--only azure-conv] [--rate-scale 1] [--cold-start S]
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--traces", type=Path, default=DEFAULT_TRACES)
     ap.add_argument("--only", action="append")
     ap.add_argument("--rate-scale", type=float, default=None)
+    ap.add_argument("--cold-start", type=float, default=None, help="seconds (default: the GPU catalog's, 90)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "autoscaling_eval.json")
     args = ap.parse_args()
     console = Console(width=160)
     summary = {}
@@ -40,13 +42,14 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         sc = dataclasses.replace(sc, trace=str(args.traces / sc.trace),
-                                 rate_scale=args.rate_scale or sc.rate_scale)
+                                 rate_scale=args.rate_scale or sc.rate_scale,
+                                 cold_start_s=args.cold_start if args.cold_start is not None else sc.cold_start_s)
         t0 = time.perf_counter()
         reports, _ = evaluate(sc)
         took = time.perf_counter() - t0
         oracle = reports[-1]
         t = Table(title=f"{name}: {sc.model} on {sc.tp}x {sc.gpu}, max_model_len {sc.max_model_len}, "
-                        f"x{sc.rate_scale} rate, cold start {sc.cold_start_s:.0f}s ({took:.0f}s to simulate)")
+                        f"x{sc.rate_scale} rate, {reports[-2].policy.split('+ ')[1]} ({took:.0f}s to simulate)")
         for col in ("policy", "GPU-hours", "x oracle", "cost $", "SLO %", "p99 TTFT s", "p99 TPOT ms",
                     "preemptions", "scale events", "replay s"):
             t.add_column(col, justify="right" if col != "policy" else "left")
@@ -59,7 +62,7 @@ def main() -> None:
         png = plot(reports, name, HERE / "results" / f"{name}.png")
         console.print(f"plot: {png}")
         summary[name] = [{k: v for k, v in dataclasses.asdict(r).items() if k != "timeline"} for r in reports]
-    (HERE / "results" / "autoscaling_eval.json").write_text(json.dumps(summary, indent=1))
+    args.out.write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def add_cluster_commands(sub: Any) -> None:
     ev.add_argument("--tp", type=int, default=1)
     ev.add_argument("--max-model-len", type=int, default=16384)
     ev.add_argument("--rate-scale", type=float, default=1.0, help="N x the trace's request rate")
-    ev.add_argument("--cold-start", type=float, default=90.0, help="seconds from scale-up to a serving replica")
+    ev.add_argument("--cold-start", type=float, default=None,
+                    help="seconds from scale-up to a serving replica (default: the GPU's cold_start_s, 90 s built in)")
     ev.add_argument("--ttft-slo", type=float, default=2.0)
     ev.add_argument("--tpot-slo-ms", type=float, default=100.0)
     ev.add_argument("--ttft-slo-per-1k", type=float, default=0.0,
@@ -33,6 +34,7 @@ def add_cluster_commands(sub: Any) -> None:
                          "default: the median prompt's TTFT budget less its prefill time")
     ev.add_argument("--max-num-batched-tokens", type=int, default=2048, help="chunked-prefill budget per step")
     ev.add_argument("--gpu-budget", type=int, default=None, help="GPUs of this type in the cluster (default: no limit)")
+    ev.add_argument("--gpu-catalog", type=Path, help="GPU catalog YAML (prices, cold_start_s per GPU type)")
     ev.add_argument("--plot", type=Path, help="write a PNG (replicas, KV usage, cost vs SLO)")
     ev.set_defaults(func=cmd_sim_evaluate)
     demo = sub.add_parser("demo", help="local end-to-end run: control plane, operator, real vLLM, load ramp")
@@ -108,6 +110,8 @@ def cmd_sim_evaluate(args: argparse.Namespace, console: Console) -> int:
     from rich.table import Table
 
     from .cli import UsageError
+    from .estimator.errors import EstimatorError
+    from .estimator.gpus import load_catalog
     from .sim.evaluate import SLO, Scenario, evaluate, plot
 
     if not args.trace.is_file():
@@ -117,8 +121,8 @@ def cmd_sim_evaluate(args: argparse.Namespace, console: Console) -> int:
                   rate_scale=args.rate_scale, cold_start_s=args.cold_start, slo=slo, max_queue_s=args.max_queue,
                   max_num_batched_tokens=args.max_num_batched_tokens, gpu_budget=args.gpu_budget)
     try:
-        reports, _ = evaluate(sc)
-    except ValueError as exc:
+        reports, _ = evaluate(sc, catalog=load_catalog(args.gpu_catalog))
+    except (ValueError, EstimatorError) as exc:
         raise UsageError(str(exc)) from None
     oracle = reports[-1].gpu_hours or 1e-9
     t = Table(title=f"{args.trace.name}: {args.model} on {args.tp}x {args.gpu}")

@@ -175,8 +175,12 @@ def test_queue_growth_stops_when_more_replicas_do_not_help() -> None:
     state, d1 = decide(queued(15, 4, [(100, 3)] * 4), state, QSPEC)
     assert d1.desired == 5
     state, _ = decide(queued(30, 5, [(200, 6)] * 4 + [(0, 0)]), state, QSPEC)  # the fifth one is up
+    # the five are judged on their own requests, from the queue-settle time on (30 s)
     state, d2 = decide(queued(45, 5, [(300, 9)] * 4 + [(100, 3)]), state, QSPEC)
-    assert d2.desired == 5 and "do not help" in d2.reason, d2.reason
+    assert d2.desired == 5 and "do not help" not in d2.reason, d2.reason
+    state, d2 = decide(queued(60, 5, [(400, 12)] * 4 + [(200, 6)]), state, QSPEC)
+    assert d2.desired == 5 and "3.0% queued over 1s on 5 replicas, 3.0% on 4: more replicas do not help" \
+        in d2.reason, d2.reason
 
 
 def test_scale_down_step_and_period() -> None:
@@ -238,3 +242,29 @@ def test_recurring_bursts_keep_the_capacity_they_needed() -> None:
     assert min(after) == max(n for _, n in twice) > 2, twice  # the second burst: its capacity stays
     forgetful = closed_loop(PolicySpec(**{**spec.__dict__, "burst_memory_s": 0.0}), {60, 300}, 900)
     assert forgetful[-1][1] < min(after), forgetful
+
+
+def test_a_past_burst_in_the_window_does_not_keep_growing_the_fleet() -> None:
+    # one tick of slow requests on 4 replicas; the five-minute window remembers them, but the larger
+    # fleet has served its own requests without any: one step up, not one per decision
+    spec = PolicySpec(**{**QSPEC.__dict__, "queue_window_s": 300, "scale_down_window_s": 600})
+    sizes = [n for _, n in closed_loop(spec, {60}, 400, start=4)]
+    assert sizes[:4] == [4] * 4 and sizes[4] > 4 and set(sizes[4:]) == {sizes[4]}, sizes
+
+
+def test_bursts_the_fleet_absorbs_still_refresh_the_burst_memory() -> None:
+    # 5 replicas with room in memory; twice a queue forms and drains within the objective
+    spec = PolicySpec(min_replicas=1, max_replicas=10, target_kv=0.7, scale_down_window_s=60, panic_window_s=30,
+                      burst_memory_s=900)
+    state, ds = PolicyState(), []
+    for t in range(0, 600, 15):
+        waiting = 40 if t in (60, 300) else 0
+        state, d = decide(snap(t, 5, [0.1] * 5, waiting=waiting), state, spec)
+        ds.append(d)
+    assert state.bursts == (60.0, 300.0)
+    assert all(d.desired == 5 for d in ds[20:]), [d.reason for d in ds if d.desired != 5][:1]
+    assert "2 queue bursts in 900s: scale-down waits that long" in ds[-1].reason
+    # without the memory the idle fleet shrinks after its window
+    forgetful = run([snap(t, 5, [0.1] * 5, waiting=40 if t in (60, 300) else 0) for t in range(0, 600, 15)],
+                    PolicySpec(**{**spec.__dict__, "burst_memory_s": 0.0}))
+    assert forgetful[-1].desired < 5

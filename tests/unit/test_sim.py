@@ -179,7 +179,26 @@ def test_cli_sim_evaluate_on_a_trace_file(tmp_path, capsys, monkeypatch) -> None
     assert rc == 0 and png.stat().st_size > 10_000
     for name in ("kvscale", "static-peak", "queue-length", "kv-threshold", "oracle"):
         assert name in out
+    assert "oracle + 30s cold start" in out
     assert main(["sim", "evaluate", "--trace", str(tmp_path / "nope.csv")]) == 2
+
+    # the cold start is a property of the GPU type: a catalog entry sets it, --cold-start overrides it
+    from importlib import resources
+
+    import yaml
+
+    data = yaml.safe_load(resources.files("kvscale.estimator").joinpath("catalog/gpus.yaml").read_text())
+    next(g for g in data["gpus"] if g["name"] == "L4")["cold_start_s"] = 45
+    catalog = tmp_path / "gpus.yaml"
+    catalog.write_text(yaml.safe_dump(data))
+    args = ["sim", "evaluate", "--trace", str(csv), "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--gpu", "L4",
+            "--max-model-len", "4096", "--gpu-catalog", str(catalog)]
+    assert main(args) == 0
+    assert "oracle + 45s cold start" in capsys.readouterr().out
+    next(g for g in data["gpus"] if g["name"] == "L4")["cold_start_s"] = -5
+    catalog.write_text(yaml.safe_dump(data))
+    assert main(args) == 2
+    assert "cold_start_s" in capsys.readouterr().err
 
 
 def test_queue_objective_leaves_room_for_the_prefill_within_the_ttft_budget() -> None:

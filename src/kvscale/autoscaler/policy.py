@@ -64,6 +64,7 @@ class PolicyState:
     fleet: tuple[int, float] | None = None  # (measured replicas, since when)
     bursts: tuple[float, ...] = ()  # when queue-driven growth episodes began
     pressure_t: float | None = None  # last time queues asked for more replicas than memory
+    sizes: tuple[window.Sample, ...] = ()  # replica counts decided, over the burst memory
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,8 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
             rec = pre_rec
             reasons.append(f"{rate:.2f} preemptions/s -> {rec}")
     starting_t = now if snap.pending else state.starting_t
-    fleet = state.fleet if state.fleet is not None and state.fleet[0] == n else (n, now)
+    # (the fleet found at the first decision has no change to settle from)
+    fleet = (n, -math.inf) if state.fleet is None else state.fleet if state.fleet[0] == n else (n, now)
     on_fleet = [x for x in queue_samples if x[0] >= fleet[1] + spec.queue_settle_s]
     fresh = sum(x[1] for x in on_fleet)
     # whether this fleet can shrink is judged on what it served itself, once that is enough to go by
@@ -165,25 +167,28 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
     unmeasured = (done >= spec.min_queue_samples and fresh < spec.min_queue_samples
                   and now - fleet[1] < spec.queue_window_s)
     settled = starting_t is None or now - starting_t >= spec.queue_settle_s
+    # growth, too, is judged on this fleet's own requests: a burst's slow requests stay in the window
+    # after it ends and would otherwise grow the fleet step after step
+    up_share = sum(x[2] for x in on_fleet) / fresh if fresh else 0.0
     # over the allowance by more than sampling noise (two binomial standard deviations)
     p_ok = spec.max_slow_fraction
-    noise = 2 * math.sqrt(p_ok * (1 - p_ok) / done) if done else 0.0
-    over = slow_share > p_ok + noise
+    noise = 2 * math.sqrt(p_ok * (1 - p_ok) / fresh) if fresh else 0.0
+    over = up_share > p_ok + noise
     queue_step = state.queue_step if slow_share > p_ok else None
-    if done >= spec.min_queue_samples and over and settled:
-        if (queue_step is not None and n > queue_step[0] and slow_share >= 0.75 * queue_step[1]
-                and slow_share < 5 * spec.max_slow_fraction):
+    if fresh >= spec.min_queue_samples and over and settled:
+        if (queue_step is not None and n > queue_step[0] and up_share >= 0.75 * queue_step[1]
+                and up_share < 5 * spec.max_slow_fraction):
             # more replicas did not shorten the queue (requests stuck behind one long prefill): stop there
             rec = max(rec, n)
-            reasons.append(f"{slow_share:.1%} queued over {spec.max_queue_s:g}s on {n} replicas, "
+            reasons.append(f"{up_share:.1%} queued over {spec.max_queue_s:g}s on {n} replicas, "
                            f"{queue_step[1]:.1%} on {queue_step[0]}: more replicas do not help -> {rec}")
         else:
             # requests wait for compute even where memory is free (prefill bursts, long prompts)
-            slo_rec = n + max(1, math.ceil(n * (0.5 if slow_share > 10 * spec.max_slow_fraction else 0.25)))
+            slo_rec = n + max(1, math.ceil(n * (0.5 if up_share > 10 * spec.max_slow_fraction else 0.25)))
             if slo_rec > rec:
                 rec = slo_rec
-                queue_step = (n, slow_share)
-                reasons.append(f"{slow_share:.1%} of {done:.0f} requests queued over {spec.max_queue_s:g}s "
+                queue_step = (n, up_share)
+                reasons.append(f"{up_share:.1%} of {fresh:.0f} requests queued over {spec.max_queue_s:g}s "
                                f"-> {rec}")
     elif down_share > spec.max_slow_fraction / 2 and rec < n:
         rec = n  # the objective is being missed now and then: no fewer replicas
@@ -203,15 +208,18 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
 
     bursts = tuple(b for b in state.bursts if now - b <= spec.burst_memory_s)
     pressure_t = state.pressure_t
-    if rec > max(rec_kv, n):  # queues ask for more than memory does
+    # queues ask for more than memory does, or a queue forms with memory to spare (a burst the fleet
+    # absorbed: it still counts, or the memory of bursts would lapse exactly when it works)
+    if rec > max(rec_kv, n) or (queued and avg_kv < spec.target_kv):
         if pressure_t is None or now - pressure_t > spec.panic_window_s:
             bursts += (now,)  # a new episode, not the same queue seen again
         pressure_t = now
-        peak = window.maximum(state.recommendations, now, spec.burst_memory_s) or 0
+        peak = window.maximum(state.sizes, now, spec.burst_memory_s) or 0
         if spec.burst_memory_s and len(bursts) >= 2 and peak > rec:
             # the burst is back: what the last ones needed is the forecast, as waiting for it costs a cold start
             rec = int(peak)
-            reasons.append(f"burst {len(bursts)} in {spec.burst_memory_s:.0f}s: back to the {rec} the last ones needed")
+            reasons.append(f"burst {len(bursts)} in {spec.burst_memory_s:.0f}s: back to the {rec} replicas the last "
+                           "ones grew to")
     if spec.burst_memory_s and len(bursts) >= 2:
         reasons.append(f"{len(bursts)} queue bursts in {spec.burst_memory_s:.0f}s: scale-down waits that long")
     bursting = rec >= 2 * max(1, n) or any(m.kv_cache_usage >= PANIC_KV and m.waiting > 0
@@ -273,4 +281,6 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
         reason += f" [{limited}]"
     if desired < current:
         new_state = replace(new_state, last_down_t=now)
+    if spec.burst_memory_s:
+        new_state = replace(new_state, sizes=window.append(state.sizes, now, float(desired), spec.burst_memory_s))
     return new_state, Decision(True, current, desired, reason, panic=panic, limited=limited)

@@ -27,6 +27,9 @@ class GPUType(BaseModel):
     product_label_key: str = "nvidia.com/gpu.product"
     product_labels: tuple[str, ...] = ()
     price_per_hour: float = Field(ge=0)
+    # seconds from a scale-up to a serving replica on nodes of this type (image pull, weight load,
+    # vLLM start-up): what the simulator charges a new replica unless told otherwise
+    cold_start_s: float = Field(default=90.0, ge=0)
 
     @property
     def memory_bytes(self) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..autoscaler.policy import PolicySpec
 from ..estimator.catalog import resolve_model
-from ..estimator.gpus import GPUType, default_catalog
+from ..estimator.gpus import GPUCatalog, GPUType, default_catalog
 from ..estimator.memory import ServingConfig, estimate
 from ..estimator.quantization import Quantization
 from .cluster import (
@@ -61,7 +61,7 @@ class Scenario:
     max_model_len: int
     tp: int = 1
     rate_scale: float = 1.0
-    cold_start_s: float = 90.0
+    cold_start_s: float | None = None  # None: the GPU type's cold_start_s from the catalog
     max_replicas: int = 24  # what a user would allow here: several times the need
     # a smaller chunked-prefill budget keeps mixed steps short enough for a TPOT SLO
     max_num_batched_tokens: int | None = 2048
@@ -105,9 +105,9 @@ def report(res: SimResult, slo: SLO, gpu: GPUType, total: int) -> PolicyReport:
                         _pct(tpot, 0.99), res.preemptions, res.scale_events, res.unfinished, res.timeline)
 
 
-def replica_model(sc: Scenario) -> tuple[ReplicaModel, GPUType]:
+def replica_model(sc: Scenario, catalog: GPUCatalog | None = None) -> tuple[ReplicaModel, GPUType]:
     spec = resolve_model(sc.model)
-    gpu = default_catalog().get(sc.gpu)
+    gpu = (catalog or default_catalog()).get(sc.gpu)
     est = estimate(spec, gpu, ServingConfig(tensor_parallel_size=sc.tp, max_model_len=sc.max_model_len,
                                             gpu_memory_utilization=0.9,
                                             max_num_batched_tokens=sc.max_num_batched_tokens,
@@ -214,9 +214,10 @@ def default_policies(sc: Scenario, static_n: int, max_queue_s: float) -> list[Sc
 
 
 def evaluate(sc: Scenario, slo: SLO | None = None, trace: list[Request] | None = None,
-             policies: list[ScalingPolicy] | None = None) -> tuple[list[PolicyReport], list[int]]:
+             policies: list[ScalingPolicy] | None = None,
+             catalog: GPUCatalog | None = None) -> tuple[list[PolicyReport], list[int]]:
     slo = slo or sc.slo
-    model, gpu = replica_model(sc)
+    model, gpu = replica_model(sc, catalog)
     reqs = trace if trace is not None else load_trace(sc.trace, rate_scale=sc.rate_scale,
                                                       max_input_tokens=sc.max_model_len - 2048)
     reqs = [r for r in reqs if r.input_tokens + r.output_tokens <= sc.max_model_len]
@@ -224,18 +225,19 @@ def evaluate(sc: Scenario, slo: SLO | None = None, trace: list[Request] | None =
     oracle = sweep.oracle(slo.attainment)
     static_n = sweep.static_size(slo.attainment)
     start = max(1, oracle[0] if oracle else 1)
+    cold_start_s = sc.cold_start_s if sc.cold_start_s is not None else gpu.cold_start_s
     reports = []
     max_queue_s = sc.max_queue_s or queue_objective(slo, model, reqs)
     for pol in policies if policies is not None else default_policies(sc, static_n, max_queue_s):
-        sim = ClusterSim(model, sc.tp, pol, cold_start_s=sc.cold_start_s,
+        sim = ClusterSim(model, sc.tp, pol, cold_start_s=cold_start_s,
                          initial_replicas=pol.replicas if isinstance(pol, StaticPolicy) else start,
                          max_replicas=sc.max_replicas, gpu_budget=sc.gpu_budget)
         t0 = time.perf_counter()
         res = sim.run(reqs)
         reports.append(dataclasses.replace(report(res, slo, gpu, len(reqs)), sim_seconds=time.perf_counter() - t0))
     hours = oracle_hours(oracle, reqs, sc.tp)
-    bound = cold_start_bound_hours(oracle, reqs, sc.tp, sc.cold_start_s, start)
-    reports.append(PolicyReport(f"oracle + {sc.cold_start_s:.0f}s cold start", bound, bound * gpu.price_per_hour,
+    bound = cold_start_bound_hours(oracle, reqs, sc.tp, cold_start_s, start)
+    reports.append(PolicyReport(f"oracle + {cold_start_s:.0f}s cold start", bound, bound * gpu.price_per_hour,
                                 slo.attainment, 0.0, 0.0, 0, 0, 0, []))
     reports.append(PolicyReport("oracle (lower bound)", hours, hours * gpu.price_per_hour, slo.attainment,
                                 0.0, 0.0, 0, 0, 0, [(m * 60.0, n, 0.0) for m, n in enumerate(oracle)]))
