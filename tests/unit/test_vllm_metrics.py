@@ -72,6 +72,6 @@ def test_queue_time_histogram_counts_requests_over_an_objective() -> None:
     assert m.queue_time_counts(1.0) == (100.0, 10.0)
     assert m.queue_time_counts(2.0) == (100.0, 3.0)
     assert m.queue_time_counts(1.5) == (100.0, 6.5)  # halfway between the 1.0 s (90) and 2.0 s (97) bounds
-    assert m.queue_time_counts(0.15) == (100.0, 75.0)  # below the first bound: from zero at 0 s
+    assert m.queue_time_counts(0.15) == (100.0, 50.0)  # below the first bound: that bound
     assert m.queue_time_counts(9999) == (100.0, 3.0)  # past the last finite bound nothing is known
     assert parse_vllm_metrics(CURRENT).queue_time_counts(1.0) == (0.0, 0.0)  # no histogram: no signal

@@ -21,6 +21,7 @@ from .snapshot import Snapshot
 
 PANIC_KV = 0.95  # a replica this full with a queue is about to preempt
 QUEUE_PERSIST_S = 10.0  # a queue with free KV (batch-size bound, or a burst being admitted) must last this long
+BURST_GAP_S = 60.0  # queue pressure this far apart is two bursts, not one seen again
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ class PolicySpec:
     queue_settle_s: float = 30.0  # queue times are reported at finish: after new replicas, wait for fresh ones
     max_scale_down_fraction: float = 0.5  # most of the replicas removed at once
     scale_down_period_s: float = 0.0  # least time between two scale-downs
-    # bursts the cold start cannot catch come back: after two queue-driven growths within this long,
-    # scale-downs take the largest recommendation of this long instead (0: off)
+    # bursts the cold start cannot catch come back: once queue-driven growth recurs within this long,
+    # the count it reached is kept until this long after the latest episode (0: off)
     burst_memory_s: float = 0.0
 
 
@@ -62,9 +63,10 @@ class PolicyState:
     last_down_t: float | None = None
     queue_step: tuple[int, float] | None = None  # (replicas, slow share) at the last queue-time scale-up
     fleet: tuple[int, float] | None = None  # (measured replicas, since when)
-    bursts: tuple[float, ...] = ()  # when queue-driven growth episodes began
+    bursts: tuple[float, ...] = ()  # when episodes of queue-driven growth began
     pressure_t: float | None = None  # last time queues asked for more replicas than memory
-    sizes: tuple[window.Sample, ...] = ()  # replica counts decided, over the burst memory
+    burst_sizes: tuple[window.Sample, ...] = ()  # replica counts decided while queues drove growth
+    too_small: tuple[int, float] | None = None  # (replicas, when) that last missed the queue-time objective
 
 
 @dataclass(frozen=True)
@@ -151,18 +153,22 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
         if queue_rec > rec:
             rec = queue_rec
             reasons.append(f"{waiting:.0f} requests queued for {now - queue_since:.0f}s -> {rec}")
+    queue_ask = rec  # what queues (not memory, not preemptions) ask for
     if rate / n > spec.max_preemptions_per_s:
         pre_rec = n + max(1, math.ceil(n * 0.5))
         if pre_rec > rec:
             rec = pre_rec
             reasons.append(f"{rate:.2f} preemptions/s -> {rec}")
     starting_t = now if snap.pending else state.starting_t
-    # (the fleet found at the first decision has no change to settle from)
-    fleet = (n, -math.inf) if state.fleet is None else state.fleet if state.fleet[0] == n else (n, now)
+    # the fleet is the replicas serving (a failed scrape does not change it); the one found at the
+    # first decision has no change to settle from
+    size = n + len(snap.missing)
+    fleet = (size, -math.inf) if state.fleet is None else state.fleet if state.fleet[0] == size else (size, now)
     on_fleet = [x for x in queue_samples if x[0] >= fleet[1] + spec.queue_settle_s]
     fresh = sum(x[1] for x in on_fleet)
     # whether this fleet can shrink is judged on what it served itself, once that is enough to go by
-    down_share = sum(x[2] for x in on_fleet) / fresh if fresh >= spec.min_queue_samples else slow_share
+    down_share = (sum(x[2] for x in on_fleet) / fresh if fresh and fresh >= spec.min_queue_samples
+                  else slow_share)
     # queue times from a larger fleet say nothing about this one: measure it before shrinking it
     unmeasured = (done >= spec.min_queue_samples and fresh < spec.min_queue_samples
                   and now - fleet[1] < spec.queue_window_s)
@@ -174,8 +180,10 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
     p_ok = spec.max_slow_fraction
     noise = 2 * math.sqrt(p_ok * (1 - p_ok) / fresh) if fresh else 0.0
     over = up_share > p_ok + noise
-    queue_step = state.queue_step if slow_share > p_ok else None
-    if fresh >= spec.min_queue_samples and over and settled:
+    measured = fresh >= spec.min_queue_samples
+    queue_step = None if measured and up_share <= p_ok else state.queue_step
+    too_small = state.too_small
+    if measured and over and settled:
         if (queue_step is not None and n > queue_step[0] and up_share >= 0.75 * queue_step[1]
                 and up_share < 5 * spec.max_slow_fraction):
             # more replicas did not shorten the queue (requests stuck behind one long prefill): stop there
@@ -185,11 +193,14 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
         else:
             # requests wait for compute even where memory is free (prefill bursts, long prompts)
             slo_rec = n + max(1, math.ceil(n * (0.5 if up_share > 10 * spec.max_slow_fraction else 0.25)))
+            if up_share > 2 * (p_ok + noise):
+                too_small = (n, now)  # clearly too few, not a borderline reading: remember it
             if slo_rec > rec:
                 rec = slo_rec
                 queue_step = (n, up_share)
                 reasons.append(f"{up_share:.1%} of {fresh:.0f} requests queued over {spec.max_queue_s:g}s "
                                f"-> {rec}")
+            queue_ask = max(queue_ask, slo_rec)
     elif down_share > spec.max_slow_fraction / 2 and rec < n:
         rec = n  # the objective is being missed now and then: no fewer replicas
         reasons.append(f"{down_share:.1%} of requests queued over {spec.max_queue_s:g}s -> no scale-down")
@@ -206,22 +217,23 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
     # more replicas, and block any scale-down below
     rec = max(rec, 0)
 
-    bursts = tuple(b for b in state.bursts if now - b <= spec.burst_memory_s)
+    # burst memory: episodes of queue-driven growth that recur within burst_memory_s of each other are
+    # expected back, so the capacity they grew to is kept (and restored) for that long after the last
+    memory = spec.burst_memory_s
+    bursts = tuple(b for b in state.bursts if now - b <= 2 * memory)
     pressure_t = state.pressure_t
-    # queues ask for more than memory does, or a queue forms with memory to spare (a burst the fleet
-    # absorbed: it still counts, or the memory of bursts would lapse exactly when it works)
-    if rec > max(rec_kv, n) or (queued and avg_kv < spec.target_kv):
-        if pressure_t is None or now - pressure_t > spec.panic_window_s:
+    pressure = queue_ask > max(rec_kv, n)
+    if pressure:
+        if pressure_t is None or now - pressure_t > BURST_GAP_S:
             bursts += (now,)  # a new episode, not the same queue seen again
         pressure_t = now
-        peak = window.maximum(state.sizes, now, spec.burst_memory_s) or 0
-        if spec.burst_memory_s and len(bursts) >= 2 and peak > rec:
-            # the burst is back: what the last ones needed is the forecast, as waiting for it costs a cold start
-            rec = int(peak)
-            reasons.append(f"burst {len(bursts)} in {spec.burst_memory_s:.0f}s: back to the {rec} replicas the last "
-                           "ones grew to")
-    if spec.burst_memory_s and len(bursts) >= 2:
-        reasons.append(f"{len(bursts)} queue bursts in {spec.burst_memory_s:.0f}s: scale-down waits that long")
+    recurring = (memory > 0 and len(bursts) >= 2 and now - bursts[-1] <= memory
+                 and bursts[-1] - bursts[-2] <= memory)
+    peak = int(window.maximum(state.burst_sizes, now, memory) or 0) if recurring else 0
+    if pressure and peak > rec:
+        # the burst is back: the last ones' size is the forecast, as waiting for it costs a cold start
+        rec = peak
+        reasons.append(f"queue burst again within {memory:.0f}s: back to the {rec} replicas the last ones grew to")
     bursting = rec >= 2 * max(1, n) or any(m.kv_cache_usage >= PANIC_KV and m.waiting > 0
                                           for m in snap.ready.values())
     panic_until = now + spec.panic_window_s if bursting else state.panic_until
@@ -231,13 +243,20 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
     recs = window.append(state.recommendations, now, float(rec), keep)
     up = rec if (spec.scale_up_window_s <= 0 or bursting) else int(window.minimum(recs, now, spec.scale_up_window_s)
                                                                        or rec)
-    down_window = spec.scale_down_window_s if len(bursts) < 2 else max(spec.scale_down_window_s,
-                                                                         spec.burst_memory_s)
-    down = int(window.maximum(recs, now, down_window) or rec)
+    down = int(window.maximum(recs, now, spec.scale_down_window_s) or rec)
+    if recurring and peak > down:
+        down = peak
+        reasons.append(f"queue bursts {bursts[-1] - bursts[-2]:.0f}s apart, the last {now - bursts[-1]:.0f}s ago: "
+                       f"keeping the {peak} they grew to for {memory:.0f}s")
+    if too_small is not None and now - too_small[1] < max(spec.scale_down_window_s, memory) \
+            and down <= too_small[0]:
+        down = too_small[0] + 1
+        reasons.append(f"{too_small[0]} replica(s) missed the queue-time objective {now - too_small[1]:.0f}s ago: "
+                       f"not below {down}")
     new_state = replace(state, first_t=first_t, recommendations=recs, preemption_totals=totals, last_t=now,
                         queue_totals=queue_totals or state.queue_totals,
                         starting_t=starting_t, queue_step=queue_step, fleet=fleet, bursts=bursts,
-                        pressure_t=pressure_t,
+                        pressure_t=pressure_t, too_small=too_small,
                         queue_samples=queue_samples,
                         panic_until=panic_until,
                         queue_since=queue_since)
@@ -281,6 +300,6 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
         reason += f" [{limited}]"
     if desired < current:
         new_state = replace(new_state, last_down_t=now)
-    if spec.burst_memory_s:
-        new_state = replace(new_state, sizes=window.append(state.sizes, now, float(desired), spec.burst_memory_s))
+    if memory and pressure:
+        new_state = replace(new_state, burst_sizes=window.append(state.burst_sizes, now, float(desired), memory))
     return new_state, Decision(True, current, desired, reason, panic=panic, limited=limited)

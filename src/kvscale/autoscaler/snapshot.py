@@ -22,19 +22,22 @@ class ReplicaMetrics:
         """(requests, requests that queued longer than the objective).
 
         An objective between two bucket bounds is interpolated linearly, as Prometheus's
-        ``histogram_quantile`` does, so 2.4 s means 2.4 s and not the 2.5 s bound; past the last
-        finite bound nothing is known, so every request there counts as slow.
+        ``histogram_quantile`` does, so 2.4 s means 2.4 s and not the 2.5 s bound. Below the first
+        bound it is that bound: most requests there did not wait at all, and spreading them evenly
+        from 0 s would call a share of them slow. Past the last finite bound nothing is known, so
+        every request there counts as slow.
         """
         if not self.queue_time_buckets:
             return 0.0, 0.0
         total = self.queue_time_buckets[-1][1]
-        lo_le, lo_c = 0.0, 0.0
+        lo_le, lo_c = None, 0.0
         for le, c in self.queue_time_buckets:
             if le >= objective_s:
                 if le == float("inf"):
                     return total, total - lo_c
-                within = lo_c + (c - lo_c) * (objective_s - lo_le) / (le - lo_le) if le > lo_le else c
-                return total, total - within
+                if lo_le is None or le == lo_le:
+                    return total, total - c
+                return total, total - (lo_c + (c - lo_c) * (objective_s - lo_le) / (le - lo_le))
             lo_le, lo_c = le, c
         return total, total - lo_c
 

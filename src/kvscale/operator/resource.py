@@ -127,9 +127,9 @@ class Autoscaling(_Model):
     max_slow_request_fraction: float = Field(default=0.01, alias="maxSlowRequestFraction", gt=0, lt=1, description=(
         "Share of requests allowed to queue longer than maxQueueSeconds before scaling up."))
     burst_memory_seconds: int = Field(default=1800, alias="burstMemorySeconds", ge=0, le=86400, description=(
-        "Once queues have forced growth twice within this long (bursts shorter than a cold start), "
-        "scale-downs wait for this long instead of scaleDownStabilizationSeconds: recurring bursts are "
-        "expected back. 0 disables."))
+        "Bursts shorter than a cold start: once queues drive growth again within this long of the last "
+        "time, the replica count they reached is kept until this long after the latest, and restored when "
+        "a burst returns after a scale-down. 0 disables."))
     metrics: MetricsSource = Field(default_factory=MetricsSource, description="Where KV-cache metrics come from.")
 
 

@@ -3,7 +3,9 @@
 Every policy sees the same trace, model, GPU and cold start. The oracle has perfect
 knowledge and instant scaling: per minute, the fewest replicas with which that minute's
 requests meet the SLO (from fixed-size fleets replayed over the whole trace); charged for
-cold starts as well, it is the floor for any policy that has to wait for replicas. Static
+cold starts as well, it is what perfect foresight can do when replicas take the cold start to
+serve. Both hold every minute to the SLO, so a fleet that meets it only over the whole trace
+(static provisioning, on flat load) can come in below them. Static
 provisioning is the smallest fixed fleet that meets the SLO over the whole trace, which is
 what a user who sized for the peak by trial would run.
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..autoscaler.policy import PolicySpec
+from ..autoscaler.vllm_metrics import QUEUE_TIME_BUCKETS
 from ..estimator.catalog import resolve_model
 from ..estimator.gpus import GPUCatalog, GPUType, default_catalog
 from ..estimator.memory import ServingConfig, estimate
@@ -171,7 +174,8 @@ def cold_start_bound_hours(oracle: list[int], trace: list[Request], gpus_per_rep
                            initial: int) -> float:
     """The oracle's per-minute fleet for a policy that knows the future but must start replicas
     ``cold_start_s`` ahead: each replica either idles through a gap or pays a cold start before its next
-    busy minute, whichever is cheaper. No policy that waits for cold starts can use fewer GPU-hours."""
+    busy minute, whichever is cheaper. No policy that waits for cold starts can hold that per-minute
+    fleet for fewer GPU-hours."""
     last = trace[-1].arrival_s if trace else 0.0
     seconds = 0.0
     for k in range(1, max(oracle, default=0) + 1):
@@ -191,13 +195,13 @@ def cold_start_bound_hours(oracle: list[int], trace: list[Request], gpus_per_rep
 
 def queue_objective(slo: SLO, model: ReplicaModel, trace: list[Request]) -> float:
     """What a user would set as maxQueueSeconds: the TTFT budget of the median prompt less its prefill time
-    on an idle replica, rounded down to a tenth of a second (at least 0.1 s)."""
+    on an idle replica, rounded down to a tenth of a second (at least vLLM's first bucket bound, 0.3 s)."""
     prompts = sorted(r.input_tokens for r in trace) or [0]
     median = prompts[len(prompts) // 2]
     budget = slo.ttft_s + slo.ttft_s_per_1k_input * median / 1000
     steps = -(-median // model.max_batched_tokens)
     prefill = median * model.flops_per_token / model.flops + model.step_overhead_s * steps
-    return max(0.1, math.floor((budget - prefill) * 10 + 1e-9) / 10)
+    return max(QUEUE_TIME_BUCKETS[0], math.floor((budget - prefill) * 10 + 1e-9) / 10)
 
 
 def default_policies(sc: Scenario, static_n: int, max_queue_s: float) -> list[ScalingPolicy]:
