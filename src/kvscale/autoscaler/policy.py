@@ -166,21 +166,19 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
     fleet = (size, -math.inf) if state.fleet is None else state.fleet if state.fleet[0] == size else (size, now)
     on_fleet = [x for x in queue_samples if x[0] >= fleet[1] + spec.queue_settle_s]
     fresh = sum(x[1] for x in on_fleet)
-    # whether this fleet can shrink is judged on what it served itself, once that is enough to go by
-    down_share = (sum(x[2] for x in on_fleet) / fresh if fresh and fresh >= spec.min_queue_samples
-                  else slow_share)
-    # queue times from a larger fleet say nothing about this one: measure it before shrinking it
-    unmeasured = (done >= spec.min_queue_samples and fresh < spec.min_queue_samples
-                  and now - fleet[1] < spec.queue_window_s)
-    settled = starting_t is None or now - starting_t >= spec.queue_settle_s
-    # growth, too, is judged on this fleet's own requests: a burst's slow requests stay in the window
-    # after it ends and would otherwise grow the fleet step after step
+    measured = fresh >= spec.min_queue_samples
+    # growth is judged on this fleet's own requests: a burst's slow requests stay in the window after
+    # it ends and would otherwise grow the fleet step after step
     up_share = sum(x[2] for x in on_fleet) / fresh if fresh else 0.0
+    # so is whether it can shrink, once it has served enough to go by
+    down_share = up_share if fresh and measured else slow_share
+    # queue times from a larger fleet say nothing about this one: measure it before shrinking it
+    unmeasured = done >= spec.min_queue_samples and not measured and now - fleet[1] < spec.queue_window_s
+    settled = starting_t is None or now - starting_t >= spec.queue_settle_s
     # over the allowance by more than sampling noise (two binomial standard deviations)
     p_ok = spec.max_slow_fraction
     noise = 2 * math.sqrt(p_ok * (1 - p_ok) / fresh) if fresh else 0.0
     over = up_share > p_ok + noise
-    measured = fresh >= spec.min_queue_samples
     queue_step = None if measured and up_share <= p_ok else state.queue_step
     too_small = state.too_small
     if measured and over and settled:

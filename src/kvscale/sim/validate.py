@@ -63,22 +63,29 @@ class ServerConfig:
 TRACE = str(Path(__file__).resolve().parent / "data" / "azure_conv_1800-1980s.csv")
 
 
-def _scaled(r: Request, t: float, input_div: int, max_input: int, max_output: int) -> Request:
-    return Request(t, max(1, min(max_input, r.input_tokens // input_div)), max(1, min(max_output, r.output_tokens)))
-
-
 @dataclass(frozen=True)
-class Workload:
-    """A slice of a real trace, token counts scaled down so that the tiny cache fills but a CPU keeps up."""
+class _TraceCut:
+    """Requests from ``start_s`` on in a real trace, token counts scaled down so that the tiny cache fills
+    but a CPU keeps up."""
 
-    name: str = "trace"
     trace: str = TRACE
     start_s: float = 1860.0  # a busy stretch of the trace (~8 requests/s)
-    duration_s: float = 90.0
-    rate_scale: float = 1.0
     input_div: int = 8
     max_input: int = 1024
     max_output: int = 256
+
+    def _scaled(self, r: Request, t: float) -> Request:
+        return Request(t, max(1, min(self.max_input, r.input_tokens // self.input_div)),
+                       max(1, min(self.max_output, r.output_tokens)))
+
+
+@dataclass(frozen=True)
+class Workload(_TraceCut):
+    """A slice of the trace at its own pace (or ``rate_scale`` times slower)."""
+
+    name: str = "trace"
+    duration_s: float = 90.0
+    rate_scale: float = 1.0
 
     def requests(self) -> list[Request]:
         """Arrivals relative to the slice start; deterministic for a given trace file."""
@@ -86,12 +93,12 @@ class Workload:
         for r in load_trace(self.trace):
             t = (r.arrival_s - self.start_s) / self.rate_scale
             if 0.0 <= t < self.duration_s:
-                out.append(_scaled(r, t, self.input_div, self.max_input, self.max_output))
+                out.append(self._scaled(r, t))
         return out
 
 
 @dataclass(frozen=True)
-class Burst:
+class Burst(_TraceCut):
     """The next ``n`` requests of the trace, all at once: far more KV than the cache holds. What happens
     then (admissions, growth, preemptions, recomputation) is decided by the scheduler's rules far more than
     by step times, so this isolates the engine logic from the CPU's timing noise. ``hold``: released to the
@@ -99,16 +106,11 @@ class Burst:
 
     name: str = "burst"
     hold: bool = True
-    trace: str = TRACE
-    start_s: float = 1860.0
     n: int = 40
-    input_div: int = 8
-    max_input: int = 1024
-    max_output: int = 256
 
     def requests(self) -> list[Request]:
         reqs = [r for r in load_trace(self.trace) if r.arrival_s >= self.start_s][: self.n]
-        return [_scaled(r, 0.0, self.input_div, self.max_input, self.max_output) for r in reqs]
+        return [self._scaled(r, 0.0) for r in reqs]
 
 
 # ---------------------------------------------------------------- talking to the server
