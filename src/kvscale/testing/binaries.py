@@ -23,7 +23,7 @@ ETCD_VERSION = "3.6.16"
 KWOK_VERSION = "0.8.0"
 HELM_VERSION = "3.19.5"
 
-K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy")
 ALL_BINARIES = (*K8S_COMMANDS, "etcd", "kwok", "helm")
 BIN_DIR_ENV = "KVSCALE_K8S_BIN_DIR"
 

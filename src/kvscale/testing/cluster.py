@@ -34,6 +34,7 @@ from .binaries import Binaries, ensure_binaries
 from .fleet import DEFAULT_FLEET, NodePool, fleet_manifests
 from .pki import PKI, CertPair
 from .processes import stop_group
+from .realnode import RealNodes, real_node_pool
 
 POD_CIDR = "127.16.0.0/16"  # loopback: a process can bind any pod IP kwok hands out
 SERVICE_CIDR = "10.96.0.0/16"
@@ -80,6 +81,13 @@ class LocalCluster:
     components: list[Component] = field(default_factory=list)
     apiserver_port: int = 0
     started_s: float = 0.0
+    real_nodes: int = 0  # kubelet nodes with real containers, beside the kwok fleet
+    real_pool: NodePool = field(default_factory=real_node_pool)
+    real_node_images: tuple[str, ...] = ("pause", "vllm", "operator")
+    real: RealNodes | None = None
+    bind_address: str = "127.0.0.1"
+    pki: PKI | None = None
+    service_cidr: str = SERVICE_CIDR
 
     # ----- paths -------------------------------------------------------------------------------
     @property
@@ -89,7 +97,7 @@ class LocalCluster:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.bind_address}:{self.apiserver_port}"
 
     # ----- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> LocalCluster:
@@ -111,7 +119,16 @@ class LocalCluster:
     def _start(self, timeout: float) -> None:
         assert self.workdir is not None and self.binaries is not None
         w, b = self.workdir, self.binaries
-        pki = PKI(w / "pki")
+        images: dict[str, Path] = {}
+        if self.real_nodes:
+            from .images import ensure_images
+
+            images = ensure_images(self.real_node_images)  # minutes on the first run, cached after
+            self.real = RealNodes(self.real_nodes, self.real_pool, w, b, self.tie_to_parent)
+            network = self.real.prepare_network()
+            self.bind_address, self.service_cidr = network.host_ip, network.service_cidr
+        kubernetes_service_ip = str(next(__import__("ipaddress").ip_network(self.service_cidr).hosts()))
+        pki = self.pki = PKI(w / "pki")
         etcd_port, etcd_peer = _free_port(), _free_port()
         self.apiserver_port = _free_port()
         self._spawn("etcd", [
@@ -125,21 +142,28 @@ class LocalCluster:
         self._wait(lambda: httpx.get(f"http://127.0.0.1:{etcd_port}/health", timeout=2).status_code == 200,
                    "etcd healthy", timeout)
         serving = pki.issue("apiserver", "kube-apiserver", server=True,
-                            hosts=("127.0.0.1", "localhost", "10.96.0.1", "kubernetes", "kubernetes.default",
+                            hosts=(self.bind_address, "127.0.0.1", "localhost", kubernetes_service_ip, "kubernetes",
+                                   "kubernetes.default",
                                    "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"))
         admin = pki.issue("admin", "kvscale-admin", "system:masters")
         cm = pki.issue("controller-manager", "system:kube-controller-manager")
         sched = pki.issue("scheduler", "system:kube-scheduler")
         kwok = pki.issue("kwok", "kwok-controller", "system:masters")
+        kubelet_client = pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
+        # with real nodes the kubernetes Service points at the apiserver (pods reach it there) and
+        # EndpointSlices are made for Services (kwok's loopback pod IPs would be refused, so only then)
+        reconciler = "lease" if self.real_nodes else "none"
         self._spawn("kube-apiserver", [
             b.path("kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.apiserver_port}", "--advertise-address=127.0.0.1",
+            f"--bind-address={self.bind_address}", f"--secure-port={self.apiserver_port}",
+            f"--advertise-address={self.bind_address}", "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
             f"--client-ca-file={pki.ca_cert}", "--authorization-mode=Node,RBAC",
             f"--service-account-key-file={pki.sa_pub}", f"--service-account-signing-key-file={pki.sa_key}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
-            "--endpoint-reconciler-type=none", "--profiling=false", "--max-requests-inflight=800",
+            f"--service-cluster-ip-range={self.service_cidr}", "--allow-privileged=true",
+            f"--endpoint-reconciler-type={reconciler}", "--profiling=false", "--max-requests-inflight=800",
             "--max-mutating-requests-inflight=400"])
         self._write_kubeconfig(self.kubeconfig, pki.ca_cert, admin)
         self._wait(self._readyz, "kube-apiserver ready", timeout)
@@ -151,10 +175,11 @@ class LocalCluster:
             f"--authentication-kubeconfig={cm_cfg}", f"--authorization-kubeconfig={cm_cfg}",
             "--bind-address=127.0.0.1", f"--secure-port={_free_port()}", "--leader-elect=false",
             f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_cert}",
-            "--use-service-account-credentials=true", f"--service-cluster-ip-range={SERVICE_CIDR}",
-            # pod IPs are loopback addresses (so local processes can serve them), which Endpoints refuse
+            "--use-service-account-credentials=true", f"--service-cluster-ip-range={self.service_cidr}",
+            # kwok pod IPs are loopback addresses (so local processes can serve them), which EndpointSlices
+            # refuse: the EndpointSlice controller runs only when real nodes give pods real addresses
             "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route,-endpoints-controller,"
-            "-endpointslice-controller,-endpointslice-mirroring-controller",
+            "-endpointslice-mirroring-controller" + ("" if self.real_nodes else ",-endpointslice-controller"),
             "--concurrent-gc-syncs=20", "--kube-api-qps=200", "--kube-api-burst=400"])
         self._spawn("kube-scheduler", [
             b.path("kube-scheduler"), f"--kubeconfig={sched_cfg}", f"--authentication-kubeconfig={sched_cfg}",
@@ -167,9 +192,18 @@ class LocalCluster:
             "--config", str(self._write_kwok_config())])
         self._wait(self._default_service_account, "default ServiceAccount (controller-manager up)", timeout)
         self.add_nodes(self.fleet)
+        if self.real is not None:
+            def api_get(path: str) -> Any:
+                with self.http() as c:
+                    return c.get(path).json()
+
+            self.real.start(pki, lambda path, pair: self._write_kubeconfig(path, pki.ca_cert, pair), api_get, images)
         self._write_state()
 
     def stop(self) -> None:
+        if self.real is not None:
+            self.real.stop()
+            self.real = None
         for comp in reversed(self.components):
             stop_group(comp.proc)
         self.components.clear()
@@ -242,8 +276,11 @@ class LocalCluster:
 
     def _write_state(self) -> None:
         assert self.workdir is not None
-        state = {"kubeconfig": str(self.kubeconfig), "server": self.server,
-                 "pids": {c.name: c.proc.pid for c in self.components}}
+        state: dict[str, Any] = {"kubeconfig": str(self.kubeconfig), "server": self.server,
+                                 "pids": {c.name: c.proc.pid for c in self.components}}
+        if self.real is not None and self.real.network is not None:
+            state["real_nodes"] = {"cgroup": self.real.cgroup_top, "netns": self.real.network.netns,
+                                   "registry": str(self.real.registry_entry)}
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=1))
 
     def add_nodes(self, fleet: tuple[NodePool, ...]) -> list[str]:
@@ -290,6 +327,13 @@ def stop_from_state(workdir: Path) -> bool:
     if not state_path.exists():
         return False
     state = json.loads(state_path.read_text())
+    real = state.get("real_nodes")
+    if real:
+        from .realnode import kill_cgroup_tree
+
+        kill_cgroup_tree(real["cgroup"])
+        subprocess.run(["ip", "netns", "delete", real["netns"]], capture_output=True)
+        Path(real["registry"]).unlink(missing_ok=True)
     for pid in reversed(list(state["pids"].values())):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
