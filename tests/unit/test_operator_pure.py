@@ -106,3 +106,22 @@ def test_crd_schema_is_structural_with_cel_rules_and_subresources() -> None:
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert schema["properties"]["serving"]["properties"]["maxModelLen"]["description"]
     assert {col["name"] for col in version["additionalPrinterColumns"]} >= {"GPU", "TP", "Quant", "KV-Util"}
+
+
+def _pod(name: str, **container: object) -> dict[str, object]:
+    return {"metadata": {"name": name, "namespace": "ns"},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "vllm", **container}]}}
+
+
+def test_pod_failures_names_pod_reason_exit_code_and_restarts() -> None:
+    from kvscale.operator.autoscale import failure_key, pod_failures
+
+    oom = _pod("a", ready=False, restartCount=2, state={"waiting": {"reason": "CrashLoopBackOff"}},
+               lastState={"terminated": {"reason": "OOMKilled", "exitCode": 137}})
+    pull = _pod("b", ready=False, restartCount=0, state={"waiting": {"reason": "ImagePullBackOff"}})
+    starting = _pod("c", ready=False, restartCount=0, state={"running": {}})
+    recovered = _pod("d", ready=True, restartCount=1, lastState={"terminated": {"reason": "Error", "exitCode": 137}})
+    lines = pod_failures([oom, pull, starting, recovered])
+    assert lines == ["pod a container vllm: OOMKilled, exit code 137, CrashLoopBackOff, 2 restarts",
+                     "pod b container vllm: ImagePullBackOff, 0 restarts"]
+    assert failure_key(lines[0]) == "pod a container vllm: OOMKilled, exit code 137, CrashLoopBackOff"

@@ -69,3 +69,42 @@ def estimator_check(predicted_blocks: int | None, metrics: dict[str, ReplicaMetr
         return None
     return {"predictedBlocks": predicted_blocks, "observedBlocks": observed,
             "errorPercent": round((observed - predicted_blocks) / predicted_blocks * 100, 2)}
+
+
+#: container states the kubelet reports for a replica that is broken rather than starting
+FAILED_WAITING = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerError",
+                            "CreateContainerConfigError", "RunContainerError", "InvalidImageName"})
+
+
+def pod_failures(pods: list[dict[str, Any]]) -> list[str]:
+    """One line per vLLM container that is not Ready because it failed: pod, reason, exit code, restarts.
+
+    A container counts as failed while it waits in a failure state (CrashLoopBackOff, image errors) or
+    is not Ready after a termination (OOMKilled, a non-zero exit); a Ready container has recovered.
+    """
+    out = []
+    for p in pods:
+        if p["metadata"].get("deletionTimestamp"):
+            continue
+        for cs in (p.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("ready"):
+                continue
+            waiting = ((cs.get("state") or {}).get("waiting") or {}).get("reason")
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            restarts = int(cs.get("restartCount") or 0)
+            if waiting not in FAILED_WAITING and not last:
+                continue
+            why = last.get("reason") or waiting or "Terminated"
+            parts = [f"pod {p['metadata']['name']} container {cs.get('name')}: {why}"]
+            if last.get("exitCode") is not None:
+                parts.append(f"exit code {last['exitCode']}")
+            if waiting and waiting != why:
+                parts.append(waiting)
+            parts.append(f"{restarts} restart{'s' if restarts != 1 else ''}")
+            out.append(", ".join(parts))
+    return sorted(out)
+
+
+def failure_key(line: str) -> str:
+    """A failure line without its restart count: one Event per new failure, not per restart."""
+    return line.rsplit(", ", 1)[0]

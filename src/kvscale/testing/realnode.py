@@ -53,6 +53,11 @@ SYSTEM_BINARIES = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "ipta
                    "unshare", "ip")
 #: where a harness records what it created, so that the next start can sweep what a dead one left
 REGISTRY_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kvscale" / "real-nodes"
+#: A node's image store (containerd's root: content and snapshots) outlives a cluster, as a node's disk
+#: outlives a reboot: the vLLM CPU image is 6 GB, and importing it costs minutes per node per run.
+#: One cluster at a time uses a store (containerd's own lock on its metadata says whether one does);
+#: a node whose store is in use gets a fresh one under the cluster's directory.
+IMAGE_STORES = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kvscale" / "node-images"
 #: the kernel settings the kubelet sets on start (protectKernelDefaults false); restored on teardown
 KUBELET_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
                    "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
@@ -293,6 +298,12 @@ class RealNode:
     def system_cgroup(self) -> str:
         return f"{self.cgroup_top}/{self.name}-system"
 
+    def pick_image_store(self) -> Path:
+        shared = IMAGE_STORES / self.name
+        if _store_free(shared):
+            return shared
+        return self.directory / "containerd" / "root"
+
     @property
     def containerd_socket(self) -> Path:
         return self.directory / "containerd" / "containerd.sock"
@@ -308,13 +319,15 @@ class RealNode:
     # ----- configuration files -----
     def _write_configs(self, pki: PKI, kubeconfig: Callable[[Path, Any], Path]) -> dict[str, Path]:
         d = self.directory
-        for sub in ("containerd/root", "containerd/state", "cni/net.d", "cni/ipam", "kubelet", "pod-logs",
+        root = self.pick_image_store()
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in ("containerd/state", "cni/net.d", "cni/ipam", "kubelet", "pod-logs",
                     "container-logs", "logs", "kubelet-pki"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         from .images import PAUSE_IMAGE
 
         containerd = {
-            "version": 2, "root": str(d / "containerd/root"), "state": str(d / "containerd/state"),
+            "version": 2, "root": str(root), "state": str(d / "containerd/state"),
             "grpc": {"address": str(self.containerd_socket)},
             "ttrpc": {"address": str(self.containerd_socket) + ".ttrpc"},
             "metrics": {"address": ""},
@@ -410,8 +423,10 @@ class RealNode:
         self._spawn("containerd", ["nsenter", f"--net={self.network.netns_path}", "--", "unshare", "--mount",
                                    "--propagation", "private", "sh", "-c", "\n".join(script)])
         self._wait(lambda: self.ctr("version").returncode == 0, "containerd", timeout)
+        present = self.image_digests()
         for ref, layout in images.items():
-            self.import_image(ref, layout)
+            if present.get(ref) != _layout_digest(layout):
+                self.import_image(ref, layout)
         t_images = time.monotonic()
         labels = ",".join(f"{k}={v}" for k, v in self.labels().items())
         self._spawn("kubelet", [*self._ns_prefix(), self.binaries.path("kubelet"), f"--config={files['kubelet']}",
@@ -469,6 +484,14 @@ class RealNode:
             raise RealNodeError(f"{self.name}: {ref} missing after import (have {listed})")
         _log(f"{self.name}: imported {ref} in {time.monotonic() - started:.0f}s")
 
+    def image_digests(self) -> dict[str, str]:
+        out = {}
+        for line in self.ctr("images", "ls").stdout.splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 3:
+                out[parts[0]] = parts[2]
+        return out
+
     def task_pid(self, container_id: str) -> int:
         """Host PID of a container's main process (``containerStatuses[].containerID`` without the scheme)."""
         cid = container_id.split("://", 1)[-1]
@@ -491,6 +514,27 @@ class RealNode:
                 proc.kill()
                 proc.wait(timeout=5)
         self.procs.clear()
+
+
+def _store_free(root: Path) -> bool:
+    """Whether no containerd holds the image store at ``root`` (bolt keeps an exclusive lock on its metadata)."""
+    import fcntl
+
+    meta = root / "io.containerd.metadata.v1.bolt" / "meta.db"
+    if not meta.exists():
+        return True
+    with meta.open("rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return True
+
+
+def _layout_digest(layout: Path) -> str:
+    index = json.loads((layout / "index.json").read_text())
+    return str(index["manifests"][0]["digest"])
 
 
 def _free_port_in() -> int:
