@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo plan test test-unit binaries vllm-env system-deps lint typecheck crds deploy-manifests bench clean
+.PHONY: venv demo plan test test-unit binaries vllm-env images system-deps lint typecheck crds deploy-manifests bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 ## The main job, locally: control plane + GPU nodes, operator, real vLLM (CPU), load ramp, live view.
-demo: venv binaries vllm-env
+demo: venv binaries vllm-env system-deps images
 	$(VENV)/bin/kvscale demo
 
 ## Size a 70B model over the built-in GPU catalog (no cluster needed).
@@ -26,9 +26,18 @@ plan: venv
 binaries: venv
 	$(PY) -m kvscale.testing.binaries
 
-## Debian's Prometheus for the Prometheus-source tests.
+## Debian packages: Prometheus for the Prometheus-source tests; containerd, runc, the CNI plugins, iptables,
+## conntrack for real nodes; debootstrap for the images they run.
+SYSTEM_COMMANDS := prometheus containerd runc iptables conntrack debootstrap
+SYSTEM_PACKAGES := prometheus containerd runc containernetworking-plugins iptables conntrack debootstrap
 system-deps:
-	@command -v prometheus >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus; }
+	@missing=0; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
+	test -x /usr/lib/cni/bridge || missing=1; \
+	if [ $$missing = 1 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES); fi
+
+## Container images for real nodes (pause, vLLM CPU, operator), assembled locally; cached in ~/.cache/kvscale/images.
+images: venv system-deps
+	$(PY) -m kvscale.testing.images
 
 ## Real vLLM (CPU build) in its own cached virtual environment.
 vllm-env: venv
@@ -44,7 +53,7 @@ test-unit: venv
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 ## Everything: lint, types, unit, real control plane, real vLLM, real Prometheus.
-test: venv binaries vllm-env system-deps lint typecheck
+test: venv binaries vllm-env system-deps images lint typecheck
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
 
 ## Regenerate what is generated: the CRD (top level and chart copy) and the kustomize base.

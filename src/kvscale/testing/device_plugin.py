@@ -19,7 +19,6 @@ import argparse
 import signal
 import sys
 import threading
-import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any

@@ -207,6 +207,21 @@ def _build_layer(name: str, key: str, script: str, inputs: dict[str, Path]) -> P
     return out
 
 
+#: what vLLM's CPU build needs from the OS at run time: a C++ compiler for torch.compile's inductor
+#: backend (vLLM compiles the model graph on start-up, as on GPU) and Python's headers for it, as vLLM's
+#: own CPU image installs them. Above the 6 GB vLLM layer, so changing it does not re-unpack that one.
+VLLM_SYSTEM_PACKAGES = ("g++", "python3-dev")
+
+
+def vllm_system_layer() -> Path:
+    key = hashlib.sha256(",".join(VLLM_SYSTEM_PACKAGES).encode()).hexdigest()[:12]
+    script = ("export DEBIAN_FRONTEND=noninteractive\n"
+              "apt-get update -q\n"
+              f"apt-get install -y -q --no-install-recommends {' '.join(VLLM_SYSTEM_PACKAGES)}\n"
+              "apt-get clean\n")
+    return _build_layer("vllm-system", key, script, {})
+
+
 def vllm_layer() -> Path:
     """vLLM's CPU build in /opt/vllm, installed exactly as ``make vllm-env`` installs it."""
     installer = Path(__file__).parent / "vllm_install.py"
@@ -334,7 +349,7 @@ def pause_image() -> ImageSpec:
 
 def vllm_image() -> ImageSpec:
     env = {"PATH": "/opt/vllm/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **VLLM_CPU_ENV}
-    return ImageSpec(VLLM_IMAGE, (base_layer(), vllm_layer(), models_layer()), env=env,
+    return ImageSpec(VLLM_IMAGE, (base_layer(), vllm_layer(), vllm_system_layer(), models_layer()), env=env,
                      entrypoint=("python3", "-m", "vllm.entrypoints.openai.api_server"))
 
 

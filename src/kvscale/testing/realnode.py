@@ -470,7 +470,10 @@ class RealNode:
     def import_image(self, ref: str, layout: Path) -> None:
         """Stream an OCI layout into this node's containerd and unpack it for the CRI."""
         started = time.monotonic()
-        tar = subprocess.Popen(["tar", "-C", str(layout), "-cf", "-", "."], stdout=subprocess.PIPE)
+        # blobs the store already holds (the 6 GB vLLM layer, after a change above it) are not streamed again
+        have = set(self.ctr("content", "ls", "-q").stdout.split())
+        skip = [f"--exclude=./blobs/sha256/{d.split(':', 1)[1]}" for d in have if d.startswith("sha256:")]
+        tar = subprocess.Popen(["tar", "-C", str(layout), *skip, "-cf", "-", "."], stdout=subprocess.PIPE)
         assert tar.stdout is not None
         imp = subprocess.run(["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io", "images",
                               "import", "--snapshotter", "overlayfs", "--no-unpack=false", "-"],
