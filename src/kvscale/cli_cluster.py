@@ -48,6 +48,9 @@ def add_cluster_commands(sub: Any) -> None:
     up.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state directory (default %(default)s)")
     up.add_argument("--fleet", default=None,
                     help="GPU node pools as GPU:NODESxGPUS_PER_NODE,... (default H100-80GB:2x8,A100-80GB:2x8,L4:4x1)")
+    up.add_argument("--real-nodes", type=int, default=0, metavar="N",
+                    help="also start N real kubelet nodes (containerd + runc, 2 fake L4 GPUs each, real pods); "
+                         "with the default fleet they replace the simulated L4 pool (needs root)")
     up.set_defaults(func=cmd_up)
     down = dsub.add_parser("down", help="stop it and remove its state")
     down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
@@ -156,10 +159,16 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
         fleet = parse_fleet(args.fleet) if args.fleet else DEFAULT_FLEET
     except ValueError as exc:
         raise UsageError(f"--fleet: {exc}") from None
-    cluster = LocalCluster(fleet=fleet, workdir=args.dir, tie_to_parent=False, keep_workdir=True)
-    cluster.start()
+    if args.real_nodes < 0:
+        raise UsageError(f"--real-nodes must be >= 0, got {args.real_nodes}")
+    if args.real_nodes and not args.fleet:
+        fleet = tuple(p for p in fleet if p.gpu != "L4")
+    cluster = LocalCluster(fleet=fleet, workdir=args.dir, tie_to_parent=False, keep_workdir=True,
+                           real_nodes=args.real_nodes)
+    cluster.start(timeout=300)
     nodes = sum(p.nodes for p in fleet)
-    console.print(f"control plane up in {cluster.started_s:.1f}s with {nodes} simulated GPU nodes")
+    console.print(f"control plane up in {cluster.started_s:.1f}s with {nodes} simulated GPU nodes"
+                  + (f" and {args.real_nodes} real node(s)" if args.real_nodes else ""))
     console.print(f"export KUBECONFIG={cluster.kubeconfig}")
     return 0
 

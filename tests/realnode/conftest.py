@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,14 @@ REAL_NODES = 2
 KWOK_FLEET = (NodePool(gpu="H100-80GB", nodes=1, gpus_per_node=8),)
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 @pytest.fixture(scope="session")
 def real_cluster() -> Iterator[LocalCluster]:
+    # a SIGTERM (a CI time limit, a parent's kill) unwinds the session like Ctrl-C, so teardown runs
+    signal.signal(signal.SIGTERM, _interrupt)
     c = LocalCluster(fleet=KWOK_FLEET, real_nodes=REAL_NODES)
     c.start(timeout=300)
     try:

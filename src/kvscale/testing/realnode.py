@@ -5,7 +5,7 @@ Layout (one cluster network per cluster, one set of processes per node):
 * **Cluster network**: a network namespace the harness creates, joined to this machine by a
   veth pair. The host end carries the address the kube-apiserver listens on; the namespace
   end carries one address per node (the kubelet refuses a loopback node IP). Pods live on a
-  bridge inside that namespace (CNI ``bridge`` + ``host-local``, one /24 per node). The
+  bridge per node inside that namespace (CNI ``bridge`` + ``host-local``, one /24 per node). The
   namespace has no default route, so nothing a pod or node sends can leave this machine; the
   host routes the pod and Service ranges into it, so tests reach pod IPs and ClusterIPs.
   kube-proxy (iptables mode) runs once per cluster network: every node shares that network
@@ -223,9 +223,9 @@ class ClusterNetwork:
     def kubernetes_service_ip(self) -> str:
         return str(next(ipaddress.ip_network(self.service_cidr).hosts()))
 
-    @property
-    def bridge(self) -> str:
-        return f"kvsbr{self.index}"
+    def bridge(self, i: int) -> str:
+        """Node i's pod bridge (the CNI bridge plugin wants one gateway address per bridge)."""
+        return f"kvs{self.index}br{i}"
 
     @property
     def _veth_host(self) -> str:
@@ -259,8 +259,9 @@ class ClusterNetwork:
         self.in_ns("ip", "link", "set", self._veth_ns, "up")
         self.in_ns("sysctl", "-qw", "net.ipv4.ip_forward=1")
         # the bridge exists before the first pod, so pod and Service routes can point at the namespace now
-        self.in_ns("ip", "link", "add", self.bridge, "type", "bridge")
-        self.in_ns("ip", "link", "set", self.bridge, "up")
+        for i in range(nodes):
+            self.in_ns("ip", "link", "add", self.bridge(i), "type", "bridge")
+            self.in_ns("ip", "link", "set", self.bridge(i), "up")
         for cidr in (self.pod_cidr, self.service_cidr):
             _sh("ip", "route", "add", cidr, "via", self.router_ip, "dev", self._veth_host)
 
@@ -352,7 +353,7 @@ class RealNode:
         files = {"containerd": d / "containerd.toml"}
         files["containerd"].write_text(_toml(containerd))
         cni = {"cniVersion": "1.0.0", "name": "kvscale", "plugins": [{
-            "type": "bridge", "bridge": self.network.bridge, "isGateway": True, "isDefaultGateway": True,
+            "type": "bridge", "bridge": self.network.bridge(self.index), "isGateway": True, "isDefaultGateway": True,
             "ipMasq": False, "hairpinMode": True,
             "ipam": {"type": "host-local", "ranges": [[{"subnet": self.network.node_pod_cidr(self.index)}]],
                      "dataDir": str(d / "cni/ipam")}}]}
