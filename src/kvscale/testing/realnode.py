@@ -37,6 +37,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,6 +286,7 @@ class RealNode:
     binaries: Binaries
     tie_to_parent: bool = True
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _files: dict[str, Path] = field(default_factory=dict)
 
     @property
     def ip(self) -> str:
@@ -406,9 +408,8 @@ class RealNode:
         containerd = self.procs["containerd"]
         return ["nsenter", f"--net={self.network.netns_path}", f"--mount=/proc/{containerd.pid}/ns/mnt", "--"]
 
-    def start(self, pki: PKI, kubeconfig: Callable[[Path, Any], Path], images: dict[str, Path],
-              timeout: float = 180.0) -> None:
-        t0 = time.monotonic()
+    def start_runtime(self, pki: PKI, kubeconfig: Callable[[Path, Any], Path], timeout: float = 180.0) -> None:
+        """containerd in the node's own mount namespace, inside the cluster network."""
         _make_cgroup(self.cgroup_root)
         _make_cgroup(self.system_cgroup)
         files = self._write_configs(pki, kubeconfig)
@@ -424,11 +425,17 @@ class RealNode:
         self._spawn("containerd", ["nsenter", f"--net={self.network.netns_path}", "--", "unshare", "--mount",
                                    "--propagation", "private", "sh", "-c", "\n".join(script)])
         self._wait(lambda: self.ctr("version").returncode == 0, "containerd", timeout)
+        self._files = files
+
+    def import_images(self, images: dict[str, Path]) -> None:
+        """Import what the node's store lacks (no subprocess here needs a pre-exec hook: thread-safe)."""
         present = self.image_digests()
         for ref, layout in images.items():
             if present.get(ref) != _layout_digest(layout):
                 self.import_image(ref, layout)
-        t_images = time.monotonic()
+
+    def start_kubelet(self) -> None:
+        files, d = self._files, self.directory
         labels = ",".join(f"{k}={v}" for k, v in self.labels().items())
         self._spawn("kubelet", [*self._ns_prefix(), self.binaries.path("kubelet"), f"--config={files['kubelet']}",
                                 f"--kubeconfig={files['kubeconfig']}", f"--hostname-override={self.name}",
@@ -438,7 +445,6 @@ class RealNode:
         self._spawn("device-plugin", [*self._ns_prefix(), sys.executable, "-m", "kvscale.testing.device_plugin",
                                       "--resource", gpu_resource, "--count", str(self.pool.gpus_per_node),
                                       "--node", self.name])
-        _log(f"{self.name}: containerd + {len(images)} images in {t_images - t0:.0f}s, kubelet starting")
 
     def _gpu_resource(self) -> str:
         from ..estimator.gpus import default_catalog
@@ -627,7 +633,14 @@ class RealNodes:
             node = RealNode(name, i, self.pool, self.workdir / "nodes" / name, self.network, self.cgroup_top,
                             self.binaries, self.tie_to_parent)
             self.nodes.append(node)
-            node.start(pki, kubeconfig, images, timeout)
+            node.start_runtime(pki, kubeconfig, timeout)
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(max_workers=max(1, len(self.nodes))) as pool:  # imports are I/O-bound
+            for future in [pool.submit(n.import_images, images) for n in self.nodes]:
+                future.result()
+        _log(f"images on {len(self.nodes)} node(s) in {time.monotonic() - t0:.0f}s")
+        for node in self.nodes:
+            node.start_kubelet()
         self._start_proxy(pki, kubeconfig)
         gpu_resource = self.nodes[0]._gpu_resource() if self.nodes else ""
 
