@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import sys
+import time
+from typing import Any, cast
 
 import kopf
 from prometheus_client import start_http_server
@@ -34,6 +38,14 @@ def _logging(fmt: LogFormat, verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def operator_identity() -> str:
+    """This replica's peering identity. Kopf would ask the password database for the user name, which
+    a non-root image has no entry for (uid 65532 in a distroless-style image): the pod name (hostname)
+    and process id say the same without one."""
+    now = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    return f"kvscale@{socket.gethostname()}/{now}/{os.getpid()}"
+
+
 def run(settings: OperatorSettings, verbose: bool = False) -> None:
     from . import handlers  # registers the handlers
 
@@ -48,4 +60,5 @@ def run(settings: OperatorSettings, verbose: bool = False) -> None:
         liveness_endpoint=liveness,
         standalone=settings.peering is None,
         peering_name=settings.peering,
+        identity=cast(Any, operator_identity()),  # kopf's Identity is a NewType of str
     ))

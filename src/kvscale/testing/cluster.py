@@ -158,6 +158,7 @@ class LocalCluster:
             f"--bind-address={self.bind_address}", f"--secure-port={self.apiserver_port}",
             f"--advertise-address={self.bind_address}", "--enable-admission-plugins=NodeRestriction",
             f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
+            "--kubelet-preferred-address-types=InternalIP",  # node names resolve nowhere: never ask DNS
             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
             f"--client-ca-file={pki.ca_cert}", "--authorization-mode=Node,RBAC",
             f"--service-account-key-file={pki.sa_pub}", f"--service-account-signing-key-file={pki.sa_key}",
