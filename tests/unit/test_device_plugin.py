@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kvscale.testing.device_plugin import API_VERSION, M, FakeGPUPlugin
+from kvscale.testing.device_plugin import API_VERSION, FakeGPUPlugin, M
 
 
 def _call(sock: Path, method: str, req: object, resp: str, stream: bool = False) -> object:

@@ -333,6 +333,7 @@ def stop_from_state(workdir: Path) -> bool:
         from .realnode import kill_cgroup_tree
 
         kill_cgroup_tree(real["cgroup"])
+        shutil.rmtree(Path("/run") / real["cgroup"], ignore_errors=True)
         subprocess.run(["ip", "netns", "delete", real["netns"]], capture_output=True)
         Path(real["registry"]).unlink(missing_ok=True)
     for pid in reversed(list(state["pids"].values())):

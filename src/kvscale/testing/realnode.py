@@ -177,6 +177,7 @@ def sweep_stale() -> list[str]:
             if _pid_alive(int(state["owner_pid"])):
                 continue
             kill_cgroup_tree(state["cgroup"])
+            shutil.rmtree(socket_dir(state["cgroup"]), ignore_errors=True)
             _sh("ip", "netns", "delete", state["netns"], check=False)
             swept.append(state["netns"])
         entry.unlink(missing_ok=True)
@@ -309,7 +310,8 @@ class RealNode:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.directory / "containerd" / "containerd.sock"
+        """Under /run: a unix socket path must stay under 104 bytes, which a test's directory may exceed."""
+        return socket_dir(self.cgroup_top) / self.name / "containerd.sock"
 
     def log(self, component: str) -> Path:
         return self.directory / "logs" / f"{component}.log"
@@ -324,6 +326,7 @@ class RealNode:
         d = self.directory
         root = self.pick_image_store()
         root.mkdir(parents=True, exist_ok=True)
+        self.containerd_socket.parent.mkdir(parents=True, exist_ok=True)
         for sub in ("containerd/state", "cni/net.d", "cni/ipam", "kubelet", "pod-logs",
                     "container-logs", "logs", "kubelet-pki"):
             (d / sub).mkdir(parents=True, exist_ok=True)
@@ -526,6 +529,10 @@ class RealNode:
         self.procs.clear()
 
 
+def socket_dir(cgroup_top: str) -> Path:
+    return Path("/run") / cgroup_top
+
+
 def _store_free(root: Path) -> bool:
     """Whether no containerd holds the image store at ``root`` (bolt keeps an exclusive lock on its metadata)."""
     import fcntl
@@ -705,6 +712,7 @@ class RealNodes:
             with contextlib.suppress(Exception):
                 node.stop()
         kill_cgroup_tree(self.cgroup_top)
+        shutil.rmtree(socket_dir(self.cgroup_top), ignore_errors=True)
         if self.network is not None:
             self.network.delete()
         for key, value in self._sysctls.items():
