@@ -65,6 +65,7 @@ KUBELET_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "k
 #: address blocks: cluster network k uses 10.250.k.0/24 for host + nodes, 10.(100+k).0.0/16 for pods
 #: and 10.(150+k).0.0/16 for Services; all of them live only on this machine
 MAX_NETWORKS = 50
+HOST_SYSCTLS = "host-sysctls.json"
 
 
 class RealNodeError(RuntimeError):
@@ -168,10 +169,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def restore_host_sysctls() -> None:
+    """Put back the kernel settings the kubelets changed, once no cluster with real nodes is left."""
+    saved = REGISTRY_DIR / HOST_SYSCTLS
+    if not saved.exists() or any(p.name != HOST_SYSCTLS for p in REGISTRY_DIR.glob("*.json")):
+        return
+    for key, value in json.loads(saved.read_text()).items():
+        with contextlib.suppress(OSError):
+            Path("/proc/sys", key).write_text(value)
+    saved.unlink(missing_ok=True)
+
+
 def sweep_stale() -> list[str]:
     """Tear down real-node leftovers of harnesses that died without cleaning up; names what went."""
     swept = []
     for entry in sorted(REGISTRY_DIR.glob("*.json")) if REGISTRY_DIR.exists() else []:
+        if entry.name == HOST_SYSCTLS:
+            continue
         with contextlib.suppress(Exception):
             state = json.loads(entry.read_text())
             if _pid_alive(int(state["owner_pid"])):
@@ -181,6 +195,7 @@ def sweep_stale() -> list[str]:
             _sh("ip", "netns", "delete", state["netns"], check=False)
             swept.append(state["netns"])
         entry.unlink(missing_ok=True)
+    restore_host_sysctls()
     return swept
 
 
@@ -600,7 +615,6 @@ class RealNodes:
     network: ClusterNetwork | None = None
     nodes: list[RealNode] = field(default_factory=list)
     proxy: subprocess.Popen[bytes] | None = None
-    _sysctls: dict[str, str] = field(default_factory=dict)
 
     @property
     def cgroup_top(self) -> str:
@@ -623,9 +637,14 @@ class RealNodes:
         REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
         self.registry_entry.write_text(json.dumps({"owner_pid": os.getpid(), "netns": self.network.netns,
                                                    "cgroup": self.cgroup_top}))
-        for key in KUBELET_SYSCTLS:
-            with contextlib.suppress(OSError):
-                self._sysctls[key] = Path("/proc/sys", key).read_text().strip()
+        # the host's own values, recorded by the first cluster that starts and restored by the last that stops
+        saved = REGISTRY_DIR / HOST_SYSCTLS
+        if not saved.exists():
+            values = {}
+            for key in KUBELET_SYSCTLS:
+                with contextlib.suppress(OSError):
+                    values[key] = Path("/proc/sys", key).read_text().strip()
+            saved.write_text(json.dumps(values))
         self.network.create(self.count)
         return self.network
 
@@ -715,10 +734,8 @@ class RealNodes:
         shutil.rmtree(socket_dir(self.cgroup_top), ignore_errors=True)
         if self.network is not None:
             self.network.delete()
-        for key, value in self._sysctls.items():
-            with contextlib.suppress(OSError):
-                Path("/proc/sys", key).write_text(value)
         self.registry_entry.unlink(missing_ok=True)
+        restore_host_sysctls()
 
 
 def _quiet(probe: Callable[[], bool]) -> bool:
