@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import json
 import os
 import shutil
@@ -127,7 +128,7 @@ class LocalCluster:
             self.real = RealNodes(self.real_nodes, self.real_pool, w, b, self.tie_to_parent)
             network = self.real.prepare_network()
             self.bind_address, self.service_cidr = network.host_ip, network.service_cidr
-        kubernetes_service_ip = str(next(__import__("ipaddress").ip_network(self.service_cidr).hosts()))
+        kubernetes_service_ip = str(next(ipaddress.ip_network(self.service_cidr).hosts()))
         pki = self.pki = PKI(w / "pki")
         etcd_port, etcd_peer = _free_port(), _free_port()
         self.apiserver_port = _free_port()

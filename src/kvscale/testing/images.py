@@ -53,6 +53,7 @@ VLLM_CPU_ENV = {
     "HF_HUB_OFFLINE": "1",
 }
 CACHE_ENV = "KVSCALE_IMAGE_CACHE"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SKIPPED_FROM_LAYERS = ("./tmp/", "./root/.cache", "./var/cache/", "./var/lib/apt/lists/", "./proc/", "./sys/",
                        "./dev/", "./run/")
 
@@ -185,7 +186,7 @@ def _build_layer(name: str, key: str, script: str, inputs: dict[str, Path]) -> P
         for src, target in binds:
             kind = "mkdir -p" if src.is_dir() else "touch"
             mounts += [f"{kind} {merged}/{target}", f"mount --bind {src} {merged}/{target}"]
-        env = {"HOME": "/root", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        env = {"HOME": "/root", "PATH": DEFAULT_PATH,
                "PIP_CACHE_DIR": "/tmp/pip-cache", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "LANG": "C.UTF-8",
                "PIP_DEFAULT_TIMEOUT": os.environ.get("PIP_DEFAULT_TIMEOUT", "180")}
         if ca.exists():
@@ -302,10 +303,7 @@ def oci_layout(spec: ImageSpec) -> Path:
             shutil.copy2(path, target)
         layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": f"sha256:{digest}",
                        "size": path.stat().st_size})
-    env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", *(f"{k}={v}" for k, v in
-                                                                                 spec.env.items())]
-    if any(k == "PATH" for k in spec.env):
-        env = [f"{k}={v}" for k, v in spec.env.items()]
+    env = [f"{k}={v}" for k, v in {"PATH": DEFAULT_PATH, **spec.env}.items()]
     config = {"architecture": "amd64", "os": "linux",
               "config": {"Env": env, "Entrypoint": list(spec.entrypoint) or None, "Cmd": list(spec.cmd) or None,
                          "User": spec.user, "WorkingDir": spec.workdir},
@@ -348,7 +346,7 @@ def pause_image() -> ImageSpec:
 
 
 def vllm_image() -> ImageSpec:
-    env = {"PATH": "/opt/vllm/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **VLLM_CPU_ENV}
+    env = {"PATH": f"/opt/vllm/bin:{DEFAULT_PATH}", **VLLM_CPU_ENV}
     return ImageSpec(VLLM_IMAGE, (base_layer(), vllm_layer(), vllm_system_layer(), models_layer()), env=env,
                      entrypoint=("python3", "-m", "vllm.entrypoints.openai.api_server"))
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ipaddress
 import json
 import os
 import shutil
@@ -45,7 +44,7 @@ from typing import Any
 import yaml
 
 from .binaries import Binaries
-from .fleet import KWOK_ANNOTATION, NodePool, node_manifest
+from .fleet import NodePool, node_manifest
 from .pki import PKI
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -235,10 +234,6 @@ class ClusterNetwork:
     @property
     def service_cidr(self) -> str:
         return f"10.{150 + self.index}.0.0/16"
-
-    @property
-    def kubernetes_service_ip(self) -> str:
-        return str(next(ipaddress.ip_network(self.service_cidr).hosts()))
 
     def bridge(self, i: int) -> str:
         """Node i's pod bridge (the CNI bridge plugin wants one gateway address per bridge)."""
@@ -752,5 +747,5 @@ def real_node_pool(gpu: str = "L4", gpus_per_node: int = 2, memory_gib: int = 24
     return NodePool(gpu=gpu, nodes=0, gpus_per_node=gpus_per_node, cpu=cpu, memory_gib=memory_gib)
 
 
-__all__ = ["KWOK_ANNOTATION", "ClusterNetwork", "RealNode", "RealNodeError", "RealNodes", "real_node_pool",
+__all__ = ["ClusterNetwork", "RealNode", "RealNodeError", "RealNodes", "real_node_pool",
            "sweep_stale"]
