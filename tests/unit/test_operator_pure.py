@@ -125,3 +125,32 @@ def test_pod_failures_names_pod_reason_exit_code_and_restarts() -> None:
     assert lines == ["pod a container vllm: OOMKilled, exit code 137, CrashLoopBackOff, 2 restarts",
                      "pod b container vllm: ImagePullBackOff, 0 restarts"]
     assert failure_key(lines[0]) == "pod a container vllm: OOMKilled, exit code 137, CrashLoopBackOff"
+
+
+def test_classify_pods_keeps_a_live_server_that_fails_readiness_apart_from_one_restarting() -> None:
+    from kvscale.operator.autoscale import classify_pods
+
+    def pod(name: str, ready: bool, state: dict[str, object], ip: str | None = "10.0.0.1",
+            **meta: object) -> dict[str, object]:
+        p = _pod(name, ready=ready, state=state)
+        p["metadata"] = {"name": name, "namespace": "ns", **meta}
+        st = p["status"]
+        assert isinstance(st, dict)
+        st["conditions"] = [{"type": "Ready", "status": str(ready)}]
+        if ip:
+            st["podIP"] = ip
+        return p
+
+    serving = pod("serving", True, {"running": {}})
+    overloaded = pod("overloaded", False, {"running": {}})
+    restarting = pod("restarting", False, {"waiting": {"reason": "CrashLoopBackOff"}})
+    no_ip = pod("no-ip", False, {"running": {}}, ip=None)
+    leaving = pod("leaving", True, {"running": {}}, deletionTimestamp="2026-01-01T00:00:00Z")
+    unplaced = {"metadata": {"name": "unplaced", "namespace": "ns"}, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/3 nodes: 3 Insufficient"}]}}
+    view = classify_pods([serving, overloaded, restarting, no_ip, leaving, unplaced], 8000)
+    assert [t.pod for t in view.ready] == ["serving"]
+    assert [t.pod for t in view.unready] == ["overloaded"]
+    assert view.pending == 2  # restarting and no-ip; the leaving pod is not counted at all
+    assert (view.unschedulable, view.unschedulable_reason) == (1, "0/3 nodes: 3 Insufficient")

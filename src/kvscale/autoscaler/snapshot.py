@@ -46,8 +46,8 @@ class ReplicaMetrics:
 class Snapshot:
     now: float
     replicas: int  # what the scale target currently asks for
-    ready: dict[str, ReplicaMetrics]  # pod name -> metrics, for Ready pods that answered
-    missing: tuple[str, ...] = ()  # Ready pods whose metrics could not be read
+    ready: dict[str, ReplicaMetrics]  # pod name -> metrics of each serving pod that answered
+    missing: tuple[str, ...] = ()  # serving pods whose metrics could not be read
     pending: int = 0  # pods not yet Running (starting, pulling, loading)
     unschedulable: int = 0  # pods the scheduler cannot place
     unschedulable_reason: str = ""

@@ -17,7 +17,7 @@ from .vllm_metrics import MetricsParseError, parse_vllm_metrics
 
 @dataclass(frozen=True)
 class Target:
-    """A Ready vLLM pod."""
+    """A vLLM pod to read."""
 
     namespace: str
     pod: str

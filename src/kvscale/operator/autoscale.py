@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..autoscaler.policy import Decision, PolicySpec
@@ -27,9 +28,23 @@ def policy_spec(a: Autoscaling) -> PolicySpec:
     )
 
 
-def classify_pods(pods: list[dict[str, Any]], port: int) -> tuple[list[Target], int, int, str]:
-    """(ready targets, pending count, unschedulable count, scheduler's message)."""
-    targets, pending, unschedulable, reason = [], 0, 0, ""
+@dataclass(frozen=True)
+class PodView:
+    """The vLLM pods as the autoscaler counts them."""
+
+    ready: list[Target]  # Ready, with a pod IP: scraped
+    # Running with its vLLM process alive but failing readiness (an overloaded server answers /health
+    # late): scraped when it has served before, since it may hold most of the load
+    unready: list[Target]
+    pending: int  # not yet serving: scheduled and starting, pulling, loading, restarting
+    unschedulable: int
+    unschedulable_reason: str
+
+
+def classify_pods(pods: list[dict[str, Any]], port: int) -> PodView:
+    ready: list[Target] = []
+    unready: list[Target] = []
+    pending, unschedulable, reason = 0, 0, ""
     for p in pods:
         meta, st = p["metadata"], p.get("status") or {}
         if meta.get("deletionTimestamp"):
@@ -40,12 +55,16 @@ def classify_pods(pods: list[dict[str, Any]], port: int) -> tuple[list[Target], 
             unschedulable += 1
             reason = reason or sched.get("message", "")
             continue
-        is_ready = st.get("phase") == "Running" and conds.get("Ready", {}).get("status") == "True"
-        if is_ready and st.get("podIP"):
-            targets.append(Target(meta["namespace"], meta["name"], st["podIP"], port))
+        running = st.get("phase") == "Running" and bool(st.get("podIP"))
+        target = Target(meta["namespace"], meta["name"], st.get("podIP") or "", port)
+        alive = all("running" in (cs.get("state") or {}) for cs in st.get("containerStatuses") or [{}])
+        if running and conds.get("Ready", {}).get("status") == "True":
+            ready.append(target)
+        elif running and alive:
+            unready.append(target)
         else:
             pending += 1
-    return targets, pending, unschedulable, reason
+    return PodView(ready, unready, pending, unschedulable, reason)
 
 
 def decision_record(d: Decision, now: str, applied: bool) -> dict[str, Any]:

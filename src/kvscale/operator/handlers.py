@@ -247,19 +247,23 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     api = _api()
     pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=selector_string(name))
     pod_dicts = [api.sanitize_for_serialization(p) for p in pods.items]  # type: ignore[no-untyped-call]
-    targets, pending, unschedulable, why = classify_pods(pod_dicts, spec.vllm.port)
-    readings = _source(spec, ns).read(targets)
-    # a pod that never answered is still loading its model: starting, not missing
+    view = classify_pods(pod_dicts, spec.vllm.port)
+    # a pod that never answered is still loading its model: starting, not missing; one that served and
+    # now fails readiness while its process runs is read too (it may be overloaded, not idle)
     seen = STATE.serving.setdefault(key, set())
-    seen.intersection_update(t.pod for t in targets)
+    seen.intersection_update(t.pod for t in [*view.ready, *view.unready])
+    served_unready = [t for t in view.unready if t.pod in seen]
+    targets = [*view.ready, *served_unready]
+    readings = _source(spec, ns).read(targets)
     seen.update(readings.metrics)
     missing = tuple(p for p in readings.missing if p in seen)
-    pending += len(readings.missing) - len(missing)
+    pending = view.pending + len(view.unready) - len(served_unready) + len(readings.missing) - len(missing)
     errors = tuple(e for e in readings.errors if e.split(":", 1)[0] in missing) or (
         readings.errors if not readings.metrics else ())
     current = spec.replicas if spec.replicas is not None else int(status.get("desiredReplicas") or 1)
     snap = Snapshot(now=time.time(), replicas=current, ready=readings.metrics, missing=missing,
-                    pending=pending, unschedulable=unschedulable, unschedulable_reason=why, errors=errors)
+                    pending=pending, unschedulable=view.unschedulable,
+                    unschedulable_reason=view.unschedulable_reason, errors=errors)
     state = STATE.policy.get(key, PolicyState())
     state, decision = decide(snap, state, policy_spec(spec.autoscaling))
     STATE.policy[key] = state
