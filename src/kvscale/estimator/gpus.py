@@ -36,9 +36,23 @@ class GPUType(BaseModel):
         return int(self.memory_gib * GIB)
 
 
+#: vLLM's release images per GPU vendor ({version} is the release the estimator models): the CUDA image
+#: on Docker Hub and the ROCm one vLLM's release pipeline publishes beside it
+DEFAULT_IMAGES = {"nvidia": "vllm/vllm-openai:v{version}", "amd": "vllm/vllm-openai-rocm:v{version}"}
+
+
 class GPUCatalog(BaseModel):
     model_config = ConfigDict(frozen=True)
     gpus: tuple[GPUType, ...]
+    images: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_IMAGES))
+
+    def image(self, gpu: GPUType, version: str) -> str:
+        """The vLLM image for this GPU's vendor at ``version``."""
+        template = self.images.get(gpu.vendor)
+        if template is None:
+            raise EstimatorError(f"GPU catalog: no vLLM image for vendor {gpu.vendor!r} of {gpu.name} "
+                                 f"(images are given for: {', '.join(sorted(self.images))})")
+        return template.format(version=version)
 
     def names(self) -> list[str]:
         return [g.name for g in self.gpus]
@@ -59,7 +73,7 @@ class GPUCatalog(BaseModel):
     def with_prices(self, prices: dict[str, float]) -> GPUCatalog:
         updated = [g.model_copy(update={"price_per_hour": prices[g.name]}) if g.name in prices else g
                    for g in self.gpus]
-        return GPUCatalog(gpus=tuple(updated))
+        return GPUCatalog(gpus=tuple(updated), images=self.images)
 
 
 def parse_catalog(text: str, source: str = "GPU catalog") -> GPUCatalog:

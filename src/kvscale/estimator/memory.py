@@ -21,6 +21,9 @@ from .params import ParamBreakdown, count_params
 from .quantization import Quantization, weight_format
 
 MIB = 1 << 20
+#: the vLLM release whose start-up accounting this module models (its overheads are calibrated on that
+#: release's logs; the CPU build in the tests is the same release). Images of another release may differ.
+VLLM_RELEASE = "0.32.0"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM >= 0.2x default
 DEFAULT_BLOCK_SIZE = 16
 VOCAB_PADDING = 64

@@ -42,18 +42,54 @@ class MetricsSourceType(StrEnum):
     PROMETHEUS = "prometheus"
 
 
+class SecretKey(_Model):
+    name: str = Field(min_length=1, max_length=253, description="Secret name (same namespace).")
+    key: str = Field(default="token", min_length=1, max_length=253, description="Key in the Secret.")
+
+
+class CacheAccessMode(StrEnum):
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_ONLY_MANY = "ReadOnlyMany"
+
+
+class ModelCache(_Model):
+    """A volume every replica shares as its Hugging Face cache, so restarts and new replicas skip the download."""
+
+    claim_name: str | None = Field(default=None, alias="claimName", max_length=253, description=(
+        "PersistentVolumeClaim to mount as the cache. Unset with create: kvscale creates '<name>-model-cache'."))
+    create: bool = Field(default=False, description=(
+        "Create the claim (owned by this LLMDeployment, so it goes with it)."))
+    storage_class_name: str | None = Field(default=None, alias="storageClassName", max_length=253, description=(
+        "Storage class of a created claim (empty: the cluster default)."))
+    size: str | None = Field(default=None, max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$",
+                             description="Size of a created claim. Default: the checkpoint size plus 25 percent.")
+    access_mode: CacheAccessMode = Field(default=CacheAccessMode.READ_WRITE_MANY, alias="accessMode", description=(
+        "ReadWriteMany: replicas download into it; ReadOnlyMany: it is filled already and vLLM runs offline."))
+
+
 class ModelRef(_Model):
     name: str = Field(min_length=1, max_length=256, description=(
         "Model id: a kvscale catalog id or Hugging Face id (e.g. meta-llama/Llama-3.1-70B-Instruct). "
         "Sizes the plan."))
     uri: str | None = Field(default=None, max_length=1024, description=(
-        "Where vLLM loads weights from: a Hugging Face id, a local/PVC path or an s3:// URI. "
-        "Defaults to name."))
+        "Where vLLM loads weights from (default: name). A Hugging Face id is downloaded by vLLM (into cache "
+        "when set); a path is read from the image or a mounted volume; pvc://<claim>/<path> mounts that claim "
+        "read-only; s3://bucket/path and gs://bucket/path are streamed by vLLM's Run:ai model streamer "
+        "(--load-format runai_streamer) with credentials from credentialsSecret."))
     revision: str | None = Field(default=None, max_length=128, description="Model revision (branch, tag or commit).")
     architecture: dict[str, Any] | None = Field(default=None, description=(
         "config.json fields overriding or replacing the catalog architecture (for models kvscale does not know "
         "offline: give at least num_hidden_layers, hidden_size, num_attention_heads, vocab_size)."),
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    hf_token_secret: SecretKey | None = Field(default=None, alias="hfTokenSecret", description=(
+        "Secret key holding a Hugging Face token, given to vLLM as HF_TOKEN (a secretKeyRef, never inlined)."))
+    credentials_secret: str | None = Field(default=None, alias="credentialsSecret", max_length=253, description=(
+        "Secret whose keys become the vLLM container's environment, for object storage (AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, ...)."))
+    cache: ModelCache | None = Field(default=None, description=(
+        "Shared Hugging Face cache volume (for Hugging Face ids)."))
+    size_gib: float | None = Field(default=None, alias="sizeGiB", gt=0, le=100_000, description=(
+        "Checkpoint size on disk. Default: the estimated weights. Sizes the start-up budget and a created cache."))
 
 
 class Serving(_Model):
@@ -66,7 +102,11 @@ class Serving(_Model):
     gpu_memory_utilization: float = Field(default=0.9, alias="gpuMemoryUtilization", gt=0, le=1, description=(
         "Fraction of each GPU's memory vLLM may use (weights + activations + KV cache)."))
     max_num_batched_tokens: int | None = Field(default=None, alias="maxNumBatchedTokens", ge=1, description=(
-        "Token budget per engine step; larger values raise the activation peak."))
+        "Token budget per engine step; larger values raise the activation peak. Default: vLLM's for the GPU."))
+    max_num_seqs: int | None = Field(default=None, alias="maxNumSeqs", ge=1, le=65_536, description=(
+        "Most sequences per engine step (vLLM --max-num-seqs). Default: vLLM's for the GPU."))
+    enable_prefix_caching: bool = Field(default=True, alias="enablePrefixCaching", description=(
+        "Automatic prefix caching (vLLM's default; hybrid models pin extra state blocks with it)."))
 
 
 class Placement(_Model):
@@ -86,6 +126,15 @@ class Placement(_Model):
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description=(
         "Extra tolerations for the vLLM pods (the GPU taint is tolerated already)."),
         json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}})
+    affinity: dict[str, Any] = Field(default_factory=dict, description=(
+        "Pod affinity (corev1 Affinity). Required node terms are combined with the planned GPU type's."),
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    priority_class_name: str | None = Field(default=None, alias="priorityClassName", max_length=253, description=(
+        "PriorityClass of the vLLM pods (GPU serving usually outranks batch work)."))
+    runtime_class_name: str | None = Field(default=None, alias="runtimeClassName", max_length=253, description=(
+        "RuntimeClass of the vLLM pods (e.g. nvidia when the GPU runtime is not the default)."))
+    spread_across_nodes: bool = Field(default=True, alias="spreadAcrossNodes", description=(
+        "Spread replicas over nodes (topology spread, best effort): one node lost takes the fewest replicas."))
 
 
 class MetricsSource(_Model):
@@ -133,19 +182,55 @@ class Autoscaling(_Model):
     metrics: MetricsSource = Field(default_factory=MetricsSource, description="Where KV-cache metrics come from.")
 
 
+class RolloutStrategy(StrEnum):
+    AUTO = "auto"
+    SURGE = "surge"
+    REPLACE = "replace"
+
+
 class VLLMSpec(_Model):
-    image: str = Field(default="vllm/vllm-openai:v0.32.0", max_length=512, description="vLLM server image.")
+    image: str | None = Field(default=None, max_length=512, description=(
+        "vLLM server image. Default: the GPU catalog's image for the planned GPU's vendor (CUDA or ROCm), "
+        "at the vLLM release the estimator models."))
     extra_args: list[str] = Field(default_factory=list, alias="extraArgs", max_length=64, description=(
-        "Extra vLLM arguments (appended)."))
+        "Extra vLLM arguments (appended). Flags kvscale plans (tensor parallelism, lengths, batch limits, "
+        "memory, KV dtype, quantization) are refused here: set them through their spec fields."))
     env: list[dict[str, Any]] = Field(default_factory=list, description=(
-        "Container env (e.g. HF_TOKEN from a Secret via valueFrom.secretKeyRef)."),
+        "Container env (e.g. a variable from a Secret via valueFrom.secretKeyRef)."),
         json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}})
     resources: dict[str, Any] = Field(default_factory=dict, description=(
-        "CPU/memory requests and limits beyond the GPUs kvscale sets."),
+        "CPU, memory and ephemeral-storage requests and limits, overriding the ones kvscale derives from the "
+        "plan (GPUs are always the plan's)."),
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
     port: int = Field(default=8000, ge=1, le=65535, description="Port of the OpenAI API and /metrics.")
     pod_monitor: bool = Field(default=False, alias="podMonitor", description=(
         "Also create a Prometheus Operator PodMonitor."))
+    volumes: list[dict[str, Any]] = Field(default_factory=list, max_length=32, description=(
+        "Extra pod volumes (corev1 Volume)."),
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}})
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list, alias="volumeMounts", max_length=32,
+                                                description="Extra mounts in the vLLM container (corev1 VolumeMount).",
+                                                json_schema_extra={"items": {
+                                                    "type": "object", "x-kubernetes-preserve-unknown-fields": True}})
+    startup_seconds: int | None = Field(default=None, alias="startupSeconds", ge=30, le=86_400, description=(
+        "Longest a replica may take to serve (startupProbe budget). Default: from the checkpoint size and "
+        "where it loads from (download, cache or local)."))
+    drain_seconds: int = Field(default=120, alias="drainSeconds", ge=0, le=3600, description=(
+        "On scale-down and rollout, how long a replica keeps finishing its in-flight requests after it leaves "
+        "the Service (preStop drain; the grace period adds a margin)."))
+    rollout: RolloutStrategy = Field(default=RolloutStrategy.AUTO, description=(
+        "surge: start the new replica before stopping an old one (needs spare GPUs); replace: stop one, then "
+        "start its successor (never waits for spare GPUs); auto: surge when the cluster has room for one more "
+        "replica, else replace."))
+    max_unavailable: int = Field(default=1, alias="maxUnavailable", ge=0, le=1000, description=(
+        "PodDisruptionBudget: replicas voluntary disruptions (node drains) may take down at once."))
+    service_account_name: str | None = Field(default=None, alias="serviceAccountName", max_length=253, description=(
+        "ServiceAccount of the vLLM pods (its token is not mounted)."))
+    image_pull_secrets: list[str] = Field(default_factory=list, alias="imagePullSecrets", max_length=16,
+                                          description="Secrets for pulling the vLLM image.")
+    run_as_user: int | None = Field(default=None, alias="runAsUser", ge=1, le=2_147_483_647, description=(
+        "Run vLLM as this non-root uid (runAsNonRoot). The upstream vLLM images run as root, so it is unset "
+        "by default; images built for a uid should set it."))
 
 
 class LLMDeploymentSpec(_Model):
@@ -169,6 +254,16 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
                     "Prometheus query can see new demand"},
         {"rule": "!has(self.metrics) || self.metrics.type != 'prometheus' || has(self.metrics.prometheusURL)",
          "message": "autoscaling.metrics.prometheusURL is required when metrics.type is prometheus"},
+    ],
+    "spec.model": [
+        {"rule": "!has(self.cache) || !has(self.cache.create) || !self.cache.create || "
+                 "self.cache.accessMode != 'ReadOnlyMany'",
+         "message": "model.cache: a claim kvscale creates starts empty, so it must be ReadWriteMany"},
+        {"rule": "!has(self.cache) || has(self.cache.claimName) || (has(self.cache.create) && self.cache.create)",
+         "message": "model.cache needs claimName or create: true"},
+        {"rule": "!has(self.uri) || !(self.uri.startsWith('s3://') || self.uri.startsWith('gs://')) || "
+                 "!has(self.cache)",
+         "message": "model.cache is for Hugging Face downloads; s3:// and gs:// weights are streamed, not cached"},
     ],
     "spec.placement": [
         {"rule": "!has(self.tensorParallelSize) || !has(self.maxGPUsPerReplica) || "

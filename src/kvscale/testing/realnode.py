@@ -532,11 +532,21 @@ class RealNode:
                 kubelet.wait(timeout=10)
         for root in (self.cgroup_root, self.system_cgroup):
             kill_cgroup_tree(root)
-        for proc in self.procs.values():
-            with contextlib.suppress(Exception):
+        for component, proc in self.procs.items():
+            with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-                proc.wait(timeout=5)
+            try:
+                proc.wait(timeout=EXIT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                _log(f"{self.name}: {component} (pid {proc.pid}) still exiting after SIGKILL and {EXIT_WAIT_S:.0f}s")
+                _UNREAPED.append(proc)  # reaped by the interpreter at exit rather than dropped while running
         self.procs.clear()
+
+
+#: the last process of a node's mount namespace unmounts its image snapshots on exit: a killed
+#: containerd holding the vLLM image's overlays takes seconds, not milliseconds, to go
+EXIT_WAIT_S = 60.0
+_UNREAPED: list[subprocess.Popen[bytes]] = []
 
 
 def socket_dir(cgroup_top: str) -> Path:
@@ -720,8 +730,9 @@ class RealNodes:
             with contextlib.suppress(Exception):
                 self.proxy.terminate()
                 self.proxy.wait(timeout=5)
-            with contextlib.suppress(Exception):
+            if self.proxy.poll() is None:
                 self.proxy.kill()
+                self.proxy.wait(timeout=EXIT_WAIT_S)
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.stop()
