@@ -50,7 +50,7 @@ def test_render_sets_vllm_args_gpus_affinity_and_owner() -> None:
     s = spec(kvCacheDtype="fp8")
     outcome = decide_plan(s, gpu_options(ready(fleet_manifests(DEFAULT_FLEET)), CAT), CAT)
     assert outcome.plan is not None
-    dep, svc = render("m", "ns", "uid-1", s, outcome.plan, CAT, "h", 2)
+    dep, svc, _pdb = render("m", "ns", "uid-1", s, outcome.plan, CAT, "h", 2)
     pod = dep["spec"]["template"]["spec"]
     args = pod["containers"][0]["args"]
     assert args[args.index("--kv-cache-dtype") + 1] == "fp8"

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import EstimatorError
 from .gpus import GIB, GPUType
-from .memory import DEFAULT_GPU_MEMORY_UTILIZATION, MemoryEstimate, ServingConfig, estimate
+from .memory import DEFAULT_BLOCK_SIZE, DEFAULT_GPU_MEMORY_UTILIZATION, MemoryEstimate, ServingConfig, estimate
 from .model_spec import ModelSpec
 from .params import ParamBreakdown, count_params
 from .quantization import Quantization, applicable, checkpoint_format
@@ -60,6 +60,9 @@ class PlanRequest(BaseModel):
     kv_cache_dtype: str = "auto"
     gpu_memory_utilization: float = Field(default=DEFAULT_GPU_MEMORY_UTILIZATION, gt=0, le=1)
     max_num_batched_tokens: int | None = Field(default=None, gt=0)
+    max_num_seqs: int | None = Field(default=None, gt=0)
+    block_size: int = Field(default=DEFAULT_BLOCK_SIZE, gt=0)
+    enable_prefix_caching: bool = True
     prefer: Preference = Preference.COST
 
     @model_validator(mode="after")
@@ -175,7 +178,8 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
                 cfg = ServingConfig(
                     tensor_parallel_size=tp, quantization=q, kv_cache_dtype=req.kv_cache_dtype,
                     max_model_len=req.max_model_len, gpu_memory_utilization=req.gpu_memory_utilization,
-                    max_num_batched_tokens=req.max_num_batched_tokens)
+                    max_num_batched_tokens=req.max_num_batched_tokens, max_num_seqs=req.max_num_seqs,
+                    block_size=req.block_size, enable_prefix_caching=req.enable_prefix_caching)
                 try:
                     est = estimate(spec, gpu, cfg, params)
                 except EstimatorError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from kubernetes import client
@@ -23,6 +24,10 @@ def server_side_apply(api: client.ApiClient, obj: dict[str, Any]) -> Any:
         return client.AppsV1Api(api).patch_namespaced_deployment(name, ns, obj, **kw)
     if key == ("v1", "Service"):
         return client.CoreV1Api(api).patch_namespaced_service(name, ns, obj, **kw)
+    if key == ("policy/v1", "PodDisruptionBudget"):
+        return client.PolicyV1Api(api).patch_namespaced_pod_disruption_budget(name, ns, obj, **kw)
+    if key == ("v1", "PersistentVolumeClaim"):
+        return client.CoreV1Api(api).patch_namespaced_persistent_volume_claim(name, ns, obj, **kw)
     if key == ("monitoring.coreos.com/v1", "PodMonitor"):
         return client.CustomObjectsApi(api).patch_namespaced_custom_object(
             "monitoring.coreos.com", "v1", ns, "podmonitors", name, obj, **kw)
@@ -39,7 +44,7 @@ def read_deployment(api: client.ApiClient, namespace: str, name: str) -> Any | N
 
 
 def update_status(api: client.ApiClient, namespace: str, name: str, fields: dict[str, Any],
-                  condition_updates: list[tuple[str, bool, str, str]], now: str, attempts: int = 5) -> bool:
+                  condition_updates: Sequence[tuple[str, bool | str, str, str]], now: str, attempts: int = 5) -> bool:
     """Merge ``fields`` into .status and set conditions on the freshest copy (optimistic concurrency),
     so writers of different conditions never erase each other's. Returns whether anything was written."""
     from . import conditions as c

@@ -127,3 +127,25 @@ def pod_failures(pods: list[dict[str, Any]]) -> list[str]:
 def failure_key(line: str) -> str:
     """A failure line without its restart count: one Event per new failure, not per restart."""
     return line.rsplit(", ", 1)[0]
+
+
+#: the ReplicaSet removes the pod with the lowest cost first (among Ready pods on equal footing)
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+
+
+def deletion_costs(pods: list[dict[str, Any]], metrics: dict[str, ReplicaMetrics]) -> dict[str, str]:
+    """Pod -> new deletion cost, for the pods whose cost changed: KV in use, in percent.
+
+    A scale-down then removes the replica holding the least KV cache (the fewest and shortest requests
+    to drain, the least prefix cache lost). Whole percents keep the annotation from changing on every read.
+    """
+    out = {}
+    for p in pods:
+        meta = p["metadata"]
+        m = metrics.get(meta["name"])
+        if m is None or meta.get("deletionTimestamp"):
+            continue
+        cost = str(round(m.kv_cache_usage * 100))
+        if (meta.get("annotations") or {}).get(DELETION_COST) != cost:
+            out[meta["name"]] = cost
+    return out

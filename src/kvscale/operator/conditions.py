@@ -10,6 +10,7 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 SCALING_LIMITED = "ScalingLimited"
 METRICS_AVAILABLE = "MetricsAvailable"
+VERSION_MATCHED = "VersionMatched"  # the image runs the vLLM release the estimator models
 
 
 def set_condition(conditions: list[dict[str, Any]], ctype: str, status: bool | str, reason: str, message: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..estimator.gpus import GPUCatalog
+from ..estimator.gpus import GPUCatalog, GPUType
 from ..estimator.planner import GPUOption
 
 
@@ -59,3 +59,24 @@ def allowed_options(available: dict[str, GPUOption], allowed: list[str], catalog
         if canonical in available:
             chosen.append(available[canonical])
     return chosen, unknown
+
+
+def free_gpus(nodes: list[dict[str, Any]], pods: list[dict[str, Any]], gpu: GPUType) -> list[int]:
+    """Unrequested GPUs of this type on each Ready, schedulable node (what a new pod could get)."""
+    used: dict[str, int] = {}
+    for p in pods:
+        node = (p.get("spec") or {}).get("nodeName")
+        if not node or (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        for c in (p.get("spec") or {}).get("containers") or []:
+            req = ((c.get("resources") or {}).get("requests") or {}).get(gpu.resource_name)
+            used[node] = used.get(node, 0) + _quantity(req or 0)
+    free = []
+    for node in nodes:
+        labels = (node.get("metadata") or {}).get("labels") or {}
+        if not _ready(node) or labels.get(gpu.product_label_key) not in gpu.product_labels:
+            continue
+        name = (node.get("metadata") or {}).get("name", "")
+        alloc = _quantity(((node.get("status") or {}).get("allocatable") or {}).get(gpu.resource_name, 0))
+        free.append(max(0, alloc - used.get(name, 0)))
+    return free

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import logging
 import threading
 import time
@@ -20,8 +21,10 @@ from . import conditions as c
 from . import metrics
 from .apply import post_event, read_deployment, server_side_apply, update_status
 from .autoscale import (
+    DELETION_COST,
     classify_pods,
     decision_record,
+    deletion_costs,
     estimator_check,
     failure_key,
     mean_kv,
@@ -29,7 +32,7 @@ from .autoscale import (
     policy_spec,
     with_history,
 )
-from .discovery import gpu_options
+from .discovery import free_gpus, gpu_options
 from .reconcile import Event, availability, parse_spec, reconcile
 from .render import INSTANCE_LABEL, selector_string
 from .resource import GROUP, KIND, PLURAL, VERSION, LLMDeploymentSpec, MetricsSourceType
@@ -97,7 +100,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     """Nodes by name, reduced to what GPU discovery reads."""
     return {body["metadata"]["name"]: {
-        "metadata": {"labels": dict(body.get("metadata", {}).get("labels", {}))},
+        "metadata": {"name": body["metadata"]["name"], "labels": dict(body.get("metadata", {}).get("labels", {}))},
         "spec": {"unschedulable": body.get("spec", {}).get("unschedulable", False)},
         "status": {"allocatable": dict(body.get("status", {}).get("allocatable", {})),
                    "conditions": [dict(x) for x in body.get("status", {}).get("conditions", [])]},
@@ -130,13 +133,26 @@ def _post(body: kopf.Body | dict[str, Any], events: list[Event]) -> None:
             log.warning("could not post Event %s on %s: %s", ev.reason, body["metadata"]["name"], exc.reason)
 
 
+def _free_gpus(nodes: list[dict[str, Any]]) -> dict[str, list[int]] | None:
+    """Unrequested GPUs per node by type, from the pods bound to nodes (None when they cannot be listed)."""
+    try:
+        resp = client.CoreV1Api(_api()).list_pod_for_all_namespaces(
+            field_selector="status.phase!=Succeeded,status.phase!=Failed", _preload_content=False)
+        bound = json.loads(resp.data)["items"]  # type: ignore[attr-defined]
+    except (client.ApiException, ValueError, KeyError) as exc:
+        log.warning("cannot list pods for free GPUs (%s): rollouts surge", exc)
+        return None
+    return {g.name: free_gpus(nodes, bound, g) for g in _catalog().gpus}
+
+
 def _reconcile(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, dict[str, Any]]) -> bool:
     meta, ns, name = body["metadata"], body["metadata"]["namespace"], body["metadata"]["name"]
     api = _api()
     exists = read_deployment(api, ns, name) is not None
+    nodes = _nodes(gpu_nodes)
     rec = reconcile(name, ns, meta["uid"], meta.get("generation", 1), dict(body.get("spec", {})),
-                    dict(body.get("status", {}) or {}), gpu_options(_nodes(gpu_nodes), _catalog()), _catalog(),
-                    _now(), deployment_exists=exists)
+                    dict(body.get("status", {}) or {}), gpu_options(nodes, _catalog()), _catalog(),
+                    _now(), deployment_exists=exists, free_gpus=_free_gpus(nodes))
     for obj in rec.apply:
         try:
             server_side_apply(api, obj)
@@ -267,6 +283,11 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     state = STATE.policy.get(key, PolicyState())
     state, decision = decide(snap, state, policy_spec(spec.autoscaling))
     STATE.policy[key] = state
+    for pod, cost in deletion_costs(pod_dicts, readings.metrics).items():
+        try:  # before any scale-down below, so the ReplicaSet removes the emptiest replica
+            client.CoreV1Api(api).patch_namespaced_pod(pod, ns, {"metadata": {"annotations": {DELETION_COST: cost}}})
+        except client.ApiException as exc:
+            log.warning("could not set the deletion cost of pod %s/%s: %s", ns, pod, exc.reason)
 
     now = _now()
     dry = spec.autoscaling.dry_run

@@ -51,7 +51,8 @@ def decide_plan(spec: LLMDeploymentSpec, available: dict[str, GPUOption], catalo
             tensor_parallel_size=spec.placement.tensor_parallel_size,
             kv_cache_dtype=spec.serving.kv_cache_dtype.value,
             gpu_memory_utilization=spec.serving.gpu_memory_utilization,
-            max_num_batched_tokens=spec.serving.max_num_batched_tokens,
+            max_num_batched_tokens=spec.serving.max_num_batched_tokens, max_num_seqs=spec.serving.max_num_seqs,
+            block_size=spec.serving.block_size, enable_prefix_caching=spec.serving.enable_prefix_caching,
             prefer=Preference(spec.placement.prefer.value))
         result = plan(model, req)
     except (EstimatorError, ValueError) as exc:

@@ -10,8 +10,11 @@ from pydantic import ValidationError
 from ..estimator.gpus import GPUCatalog
 from ..estimator.planner import GPUOption
 from . import conditions as c
+from .engine_args import conflicting_args
+from .image_version import release_check
+from .model_source import model_source, uri_error
 from .planning import alternatives, decide_plan, plan_hash, plan_status, rejected
-from .render import desired_replicas, render, selector_string
+from .render import desired_replicas, render, selector_string, vllm_image
 from .resource import LLMDeploymentSpec
 
 
@@ -26,7 +29,7 @@ class Event:
 class Reconciliation:
     apply: list[dict[str, Any]] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)  # merge patch for .status ({} = nothing to write)
-    conditions: list[tuple[str, bool, str, str]] = field(default_factory=list)  # (type, status, reason, msg)
+    conditions: list[tuple[str, bool | str, str, str]] = field(default_factory=list)  # (type, status, reason, msg)
     events: list[Event] = field(default_factory=list)
     planned: bool = False
     plan_changed: bool = False
@@ -41,20 +44,38 @@ def parse_spec(spec: dict[str, Any]) -> LLMDeploymentSpec | str:
         return f"spec.{loc}: {err.get('msg', 'invalid')}"
 
 
+def spec_error(name: str, spec: LLMDeploymentSpec) -> tuple[str, str] | None:
+    """(reason, message) for a spec the schema admits but kvscale cannot run as asked."""
+    bad_uri = uri_error(spec.model.uri)
+    if bad_uri:
+        return "InvalidModelURI", bad_uri
+    conflicts = conflicting_args(spec.vllm.extra_args, model_source(name, spec))
+    if conflicts:
+        return "ConflictingExtraArgs", "spec.vllm.extraArgs: " + "; ".join(conflicts)
+    return None
+
+
 def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: dict[str, Any],
               status: dict[str, Any], available: dict[str, GPUOption], catalog: GPUCatalog, now: str,
-              deployment_exists: bool = True) -> Reconciliation:
-    """Decide what this LLMDeployment needs. Writes nothing when nothing changed."""
+              deployment_exists: bool = True, free_gpus: dict[str, list[int]] | None = None) -> Reconciliation:
+    """Decide what this LLMDeployment needs. Writes nothing when nothing changed.
+
+    ``free_gpus``: unrequested GPUs per node by GPU type, to choose how a change rolls out.
+    """
     out = Reconciliation()
     conds = list(status.get("conditions") or [])
-    spec = parse_spec(raw_spec)
-    if isinstance(spec, str):
-        new = c.set_condition(conds, c.PLANNED, False, "InvalidSpec", spec, generation, now)
-        if not c.same_conditions(new, conds):
+    parsed = parse_spec(raw_spec)
+    invalid = ("InvalidSpec", parsed) if isinstance(parsed, str) else spec_error(name, parsed)
+    if invalid is not None:
+        reason, message = invalid
+        new = c.set_condition(conds, c.PLANNED, False, reason, message, generation, now)
+        if not c.same_conditions(new, conds) or status.get("observedGeneration") != generation:
             out.status = {"observedGeneration": generation}
-            out.conditions = [(c.PLANNED, False, "InvalidSpec", spec)]
-            out.events.append(Event("Warning", "InvalidSpec", spec))
+            out.conditions = [(c.PLANNED, False, reason, message)]
+            out.events.append(Event("Warning", reason, message))
         return out
+    assert not isinstance(parsed, str)
+    spec = parsed
 
     outcome = decide_plan(spec, available, catalog)
     if not outcome.ok:
@@ -74,8 +95,10 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     replicas = desired_replicas(spec, p)
     if unchanged:
         return out
-    out.apply = render(name, namespace, uid, spec, p, catalog, h, replicas)
-    out.conditions = [(c.PLANNED, True, "Planned", outcome.message)]
+    out.apply = render(name, namespace, uid, spec, p, catalog, h, replicas,
+                       free_per_node=None if free_gpus is None else free_gpus.get(p.gpu, []))
+    version, why, message = release_check(vllm_image(spec, catalog.get(p.gpu), catalog))
+    out.conditions = [(c.PLANNED, True, "Planned", outcome.message), (c.VERSION_MATCHED, version, why, message)]
     if out.plan_changed:
         out.conditions.append((c.PROGRESSING, True, "Rollout", f"rolling out {p.summary()}"))
     out.status = {

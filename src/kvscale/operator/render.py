@@ -1,16 +1,34 @@
-"""Plan -> the Kubernetes objects that run it: vLLM Deployment, Service, optional PodMonitor (pure)."""
+"""Plan -> the Kubernetes objects that run it: vLLM Deployment, Service, PodDisruptionBudget, optional model
+cache claim and PodMonitor (pure)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from ..estimator.gpus import GPUCatalog
+from ..estimator.gpus import GIB, GPUCatalog, GPUType
+from ..estimator.memory import VLLM_RELEASE
 from ..estimator.planner import Plan
+from .engine_args import vllm_args
+from .model_source import model_source
+from .pod_resources import (
+    PROBE_PERIOD_S,
+    checkpoint_bytes,
+    host_resources,
+    merged_resources,
+    shm_bytes,
+    startup_budget,
+)
 from .resource import GROUP, KIND, VERSION, LLMDeploymentSpec
+from .rollout import rollout_strategy
 
 INSTANCE_LABEL = "kvscale.io/llmdeployment"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kvscale"}
-SHM_SIZE = "16Gi"
+#: kube-proxy and ingress controllers drop a terminating pod from their endpoints within seconds: the
+#: pod keeps serving that long before vLLM is told to stop, so no request is sent to a closed port
+ENDPOINT_LAG_S = 10
+EXIT_MARGIN_S = 15  # after the drain: vLLM's engine and workers shut down
+CACHE_HEADROOM = 1.25  # a created model cache: the checkpoint plus room for a revision beside it
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -35,73 +53,104 @@ def desired_replicas(spec: LLMDeploymentSpec, plan: Plan) -> int:
     return plan.replicas
 
 
-def vllm_args(spec: LLMDeploymentSpec, plan: Plan) -> list[str]:
-    args = [
-        "--model", spec.model.uri or spec.model.name,
-        "--served-model-name", spec.model.name,
-        "--port", str(spec.vllm.port),
-        "--tensor-parallel-size", str(plan.tensor_parallel_size),
-        "--max-model-len", str(spec.serving.max_model_len),
-        "--gpu-memory-utilization", f"{spec.serving.gpu_memory_utilization:g}",
-        "--kv-cache-dtype", spec.serving.kv_cache_dtype.value,
-    ]
-    if plan.quantization_flag:
-        args += ["--quantization", plan.quantization_flag]
-    if spec.model.revision:
-        args += ["--revision", spec.model.revision]
-    if spec.serving.max_num_batched_tokens:
-        args += ["--max-num-batched-tokens", str(spec.serving.max_num_batched_tokens)]
-    return args + list(spec.vllm.extra_args)
+def _affinity(user: dict[str, Any], gpu_term: dict[str, Any]) -> dict[str, Any]:
+    """The user's affinity with every required node term also asking for the planned GPU type."""
+    out = {k: v for k, v in user.items() if k != "nodeAffinity"}
+    node = dict(user.get("nodeAffinity") or {})
+    required = node.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms = required.get("nodeSelectorTerms") or [{}]
+    node["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": [
+        {**t, "matchExpressions": [*(t.get("matchExpressions") or []), gpu_term]} for t in terms]}
+    out["nodeAffinity"] = node
+    return out
+
+
+def vllm_image(spec: LLMDeploymentSpec, gpu: GPUType, catalog: GPUCatalog) -> str:
+    return spec.vllm.image or catalog.image(gpu, VLLM_RELEASE)
+
+
+def cache_size(spec: LLMDeploymentSpec, size_bytes: int) -> str:
+    given = spec.model.cache.size if spec.model.cache else None
+    return given or f"{math.ceil(size_bytes * CACHE_HEADROOM / GIB)}Gi"
 
 
 def render(name: str, namespace: str, uid: str, spec: LLMDeploymentSpec, plan: Plan, catalog: GPUCatalog,
-           plan_hash: str, replicas: int) -> list[dict[str, Any]]:
+           plan_hash: str, replicas: int, free_per_node: list[int] | None = None) -> list[dict[str, Any]]:
     gpu = catalog.get(plan.gpu)
     labels = {**selector_labels(name), "app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": name,
               **MANAGED_BY}
     owner = [owner_reference(name, uid)]
-    gpus = str(plan.tensor_parallel_size)
-    resources = {k: dict(v) for k, v in spec.vllm.resources.items() if isinstance(v, dict)}
-    resources.setdefault("limits", {})[gpu.resource_name] = gpus
-    resources.setdefault("requests", {})[gpu.resource_name] = gpus
-    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": gpu.product_label_key, "operator": "In", "values": list(gpu.product_labels)}]},
-    ]}}}
+    meta = {"namespace": namespace, "labels": labels, "ownerReferences": owner}
+    source = model_source(name, spec)
+    size = checkpoint_bytes(plan, spec.model.size_gib)
+    budget = startup_budget(source, size, spec.vllm.startup_seconds)
+    gpus = str(plan.gpus_per_replica)
+    resources = merged_resources(host_resources(plan, source, size), spec.vllm.resources)
+    resources["limits"][gpu.resource_name] = gpus
+    resources["requests"][gpu.resource_name] = gpus
+    gpu_term = {"key": gpu.product_label_key, "operator": "In", "values": list(gpu.product_labels)}
     tolerations = [{"key": gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"},
                    *spec.placement.tolerations]
     port = spec.vllm.port
-    probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
+    probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": PROBE_PERIOD_S, "timeoutSeconds": 5}
+    strategy, why_strategy = rollout_strategy(spec.vllm.rollout, plan.gpus_per_replica, free_per_node)
     container = {
-        "name": "vllm", "image": spec.vllm.image,
+        "name": "vllm", "image": vllm_image(spec, gpu, catalog),
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-        "args": vllm_args(spec, plan),
+        "args": vllm_args(spec, plan, source),
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-        "env": list(spec.vllm.env),
+        "env": [*source.env, *spec.vllm.env],
         "resources": resources,
-        "startupProbe": {**probe, "failureThreshold": 180},  # weight download + load: up to 30 min
+        "startupProbe": {**probe, "failureThreshold": budget.failure_threshold},
         "readinessProbe": {**probe, "failureThreshold": 3},
-        "livenessProbe": {**probe, "failureThreshold": 6},
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        # a busy server answers /health late; only one silent for a minute is restarted
+        "livenessProbe": {**probe, "timeoutSeconds": 10, "failureThreshold": 6},
+        "lifecycle": {"preStop": {"sleep": {"seconds": ENDPOINT_LAG_S}}},
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *source.mounts, *spec.vllm.volume_mounts],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            **({"runAsNonRoot": True, "runAsUser": spec.vllm.run_as_user}
+                               if spec.vllm.run_as_user else {})},
     }
+    if source.env_from:
+        container["envFrom"] = source.env_from
+    pod_spec: dict[str, Any] = {
+        "affinity": _affinity(spec.placement.affinity, gpu_term),
+        "nodeSelector": dict(spec.placement.node_selector),
+        "tolerations": tolerations,
+        "containers": [container],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_bytes(plan) // GIB}Gi"}},
+                    *source.volumes, *spec.vllm.volumes],
+        # preStop wait, then vLLM drains its running requests (--shutdown-timeout), then a margin to exit
+        "terminationGracePeriodSeconds": ENDPOINT_LAG_S + spec.vllm.drain_seconds + EXIT_MARGIN_S,
+        "enableServiceLinks": False,  # a Service named vllm would inject VLLM_PORT=tcp://..., which vLLM reads
+        "automountServiceAccountToken": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if spec.placement.spread_across_nodes:
+        pod_spec["topologySpreadConstraints"] = [{
+            "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(name)}, "matchLabelKeys": ["pod-template-hash"]}]
+    for key, value in (("priorityClassName", spec.placement.priority_class_name),
+                       ("runtimeClassName", spec.placement.runtime_class_name),
+                       ("serviceAccountName", spec.vllm.service_account_name)):
+        if value:
+            pod_spec[key] = value
+    if spec.vllm.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in spec.vllm.image_pull_secrets]
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": owner},
+        "metadata": {"name": name, **meta, "annotations": {
+            "kvscale.io/rollout": why_strategy, "kvscale.io/startup-budget": f"{budget.seconds}s: {budget.why}"}},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector_labels(name)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": strategy,
+            "progressDeadlineSeconds": budget.progress_deadline_s,
             "template": {
                 "metadata": {"labels": labels, "annotations": {
                     "kvscale.io/plan-hash": plan_hash, "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}},
-                "spec": {
-                    "affinity": affinity,
-                    "nodeSelector": dict(spec.placement.node_selector),
-                    "tolerations": tolerations,
-                    "containers": [container],
-                    "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}],
-                    "terminationGracePeriodSeconds": 60,
-                },
+                "spec": pod_spec,
             },
         },
     }
@@ -111,7 +160,19 @@ def render(name: str, namespace: str, uid: str, spec: LLMDeploymentSpec, plan: P
         "spec": {"selector": selector_labels(name),
                  "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]},
     }
-    objects = [deployment, service]
+    pdb = {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name, **meta},
+        "spec": {"maxUnavailable": spec.vllm.max_unavailable, "selector": {"matchLabels": selector_labels(name)}},
+    }
+    objects = [deployment, service, pdb]
+    if source.cache_claim and spec.model.cache:
+        claim: dict[str, Any] = {
+            "accessModes": [spec.model.cache.access_mode.value],
+            "resources": {"requests": {"storage": cache_size(spec, size)}}}
+        if spec.model.cache.storage_class_name:
+            claim["storageClassName"] = spec.model.cache.storage_class_name
+        objects.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                        "metadata": {"name": source.cache_claim, **meta}, "spec": claim})
     if spec.vllm.pod_monitor:
         objects.append({
             "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",

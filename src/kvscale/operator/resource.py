@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..estimator.memory import DEFAULT_BLOCK_SIZE
 from ..estimator.quantization import Quantization
 
 GROUP = "kvscale.io"
@@ -105,6 +106,8 @@ class Serving(_Model):
         "Token budget per engine step; larger values raise the activation peak. Default: vLLM's for the GPU."))
     max_num_seqs: int | None = Field(default=None, alias="maxNumSeqs", ge=1, le=65_536, description=(
         "Most sequences per engine step (vLLM --max-num-seqs). Default: vLLM's for the GPU."))
+    block_size: int = Field(default=DEFAULT_BLOCK_SIZE, alias="blockSize", ge=1, le=1024, description=(
+        "KV cache block size in tokens (vLLM --block-size; 16 is vLLM's CUDA default, its CPU backend uses 128)."))
     enable_prefix_caching: bool = Field(default=True, alias="enablePrefixCaching", description=(
         "Automatic prefix caching (vLLM's default; hybrid models pin extra state blocks with it)."))
 
