@@ -96,7 +96,7 @@ def render(name: str, namespace: str, uid: str, spec: LLMDeploymentSpec, plan: P
     strategy, why_strategy = rollout_strategy(spec.vllm.rollout, plan.gpus_per_replica, free_per_node)
     container = {
         "name": "vllm", "image": vllm_image(spec, gpu, catalog),
-        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "command": ["vllm", "serve"],
         "args": vllm_args(spec, plan, source),
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "env": [*source.env, *spec.vllm.env],

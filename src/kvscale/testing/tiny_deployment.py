@@ -4,7 +4,8 @@
 x 2 x bf16 = 64 KiB), so the 1 GiB KV cache the CPU image sizes by default holds 16,384 tokens: a
 dozen concurrent requests fill it. The weights are dummies and the config ships in the image under
 ``/models``, so the pod downloads nothing. The extra arguments are what any user of a dummy-weight,
-tokenizer-less model passes; nothing here is CPU-specific (that lives in the image).
+tokenizer-less model passes. What is CPU-specific is set through spec fields, as a user would: the CPU
+backend's block size and host resources sized for a 2-core machine.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from typing import Any
 
 from ..operator.resource import GROUP, VERSION
 from .images import MODELS_DIR
-from .vllm_server import tiny_model_config
+from .vllm_server import CPU_BLOCK_SIZE, tiny_model_config
 
 MODEL = "llama_kv_heavy"
 SERVED_NAME = "tiny-llama"
 #: KV tokens the CPU image's default 1 GiB cache holds for MODEL (2**30 / 65,536 bytes per token)
 KV_TOKENS = 16_384
+#: what one CPU replica of MODEL needs here (torch in the API server and engine processes, the 1 GiB KV
+#: cache), in place of the GPU-host figures kvscale derives; two replicas fit a 2-core node
+CPU_REQUEST = "500m"
+MEMORY_REQUEST = "6Gi"
 
 
 def tiny_llmdeployment(name: str, gpu: str = "L4", vllm: dict[str, Any] | None = None,
@@ -27,10 +32,10 @@ def tiny_llmdeployment(name: str, gpu: str = "L4", vllm: dict[str, Any] | None =
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment", "metadata": {"name": name},
         "spec": {
             "model": {"name": SERVED_NAME, "uri": f"{MODELS_DIR}/{MODEL}", "architecture": tiny_model_config(MODEL)},
-            "serving": {"maxModelLen": 2048, "targetConcurrency": 1},
+            "serving": {"maxModelLen": 2048, "targetConcurrency": 1, "blockSize": CPU_BLOCK_SIZE},
             "placement": {"gpuTypes": [gpu]},
             "autoscaling": {"minReplicas": 1, "maxReplicas": 2, **autoscaling},
             "vllm": {"extraArgs": ["--load-format", "dummy", "--skip-tokenizer-init", "--dtype", "bfloat16"],
-                     **(vllm or {})},
+                     "resources": {"requests": {"cpu": CPU_REQUEST, "memory": MEMORY_REQUEST}}, **(vllm or {})},
         },
     }
