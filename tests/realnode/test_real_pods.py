@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from kvscale.operator.autoscale import DELETION_COST
 from kvscale.operator.resource import GROUP, PLURAL, VERSION
 from kvscale.testing.cluster import LocalCluster
 from kvscale.testing.images import VLLM_IMAGE
 from kvscale.testing.load import LoadGenerator, run_load
 from kvscale.testing.operator_process import OperatorProcess
-from kvscale.testing.tiny_deployment import SERVED_NAME, tiny_llmdeployment
+from kvscale.testing.tiny_deployment import CPU_REQUEST, SERVED_NAME, tiny_llmdeployment
 from kvscale.testing.waiting import wait_for
 
 pytestmark = [pytest.mark.realnode, pytest.mark.vllm, pytest.mark.cluster, pytest.mark.slow]
@@ -97,9 +98,15 @@ def test_rendered_pods_scale_on_kv_pressure_through_the_service(real_cluster: Lo
     loaded = box["stats"]
     assert loaded.ok > 0
 
-    # quiet, but a trickle of short requests keeps going through the Service during the scale-down
-    trickle = LoadGenerator(backends=lambda: [service_url], model=SERVED_NAME, concurrency=lambda t: 1,
-                            duration_s=WINDOW_S + 240, prompt_tokens=16, output_tokens=8)
+    # the autoscaler keeps each replica's deletion cost at its KV use, so a scale-down removes the emptiest
+    costs = {p.metadata.name: (p.metadata.annotations or {}).get(DELETION_COST) for p in ready_pods(real_api, ns,
+                                                                                                   "chat")}
+    assert all(c is not None and 0 <= int(c) <= 100 for c in costs.values()), costs
+
+    # quiet, but two requests of a few seconds each stay in flight through the Service during the scale-down:
+    # the replica removed finishes the ones it holds (preStop wait, then vLLM drains on SIGTERM)
+    trickle = LoadGenerator(backends=lambda: [service_url], model=SERVED_NAME, concurrency=lambda t: 2,
+                            duration_s=WINDOW_S + 240, prompt_tokens=64, output_tokens=128)
     tbox: dict[str, Any] = {}
     tl = threading.Thread(target=lambda: tbox.setdefault("stats", run_load(trickle)), daemon=True)
     t_quiet = time.monotonic()
@@ -124,6 +131,7 @@ def test_rendered_pods_scale_on_kv_pressure_through_the_service(real_cluster: Lo
     assert {"ScaledUp", "ScaledDown"} <= reasons
     during = tbox["stats"]
     assert during.ok > 0
+    assert during.failed == 0, during.errors  # scale-down under load loses no request
     print(f"\nreal pods: load -> scale-up {t_up - t_load:.0f}s, decision -> 2nd pod Ready {t_second - t_up:.0f}s, "
           f"quiet -> scale-down {t_down - t_quiet:.0f}s; requests under load ok={loaded.ok} failed={loaded.failed}; "
           f"during scale-down ok={during.ok} failed={during.failed}")
@@ -171,7 +179,7 @@ def test_killed_vllm_is_restarted_by_the_kubelet_and_replicas_hold(real_cluster:
 def test_oom_killed_replica_is_reported_by_pod_and_reason(real_api: Any, real_namespace: str,
                                                           real_operator: OperatorProcess) -> None:
     ns = real_namespace
-    limits = {"resources": {"limits": {"memory": "200Mi"}, "requests": {"memory": "200Mi"}}}
+    limits = {"resources": {"limits": {"memory": "200Mi"}, "requests": {"cpu": CPU_REQUEST, "memory": "200Mi"}}}
     create(real_api, ns, tiny_llmdeployment("tight", vllm=limits))
     o = wait_for(lambda: (o := obj(real_api, ns, "tight")) and (c := condition(o, "Degraded"))
                  and c["status"] == "True" and "OOMKilled" in c["message"] and o, 240,
