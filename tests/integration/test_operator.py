@@ -139,6 +139,11 @@ def test_delete_garbage_collects_children(api, namespace: str, operator) -> None
         ({"serving": {"maxModelLen": 4096, "gpuMemoryUtilization": 1.5}}, "spec.serving.gpuMemoryUtilization"),
         ({"placement": {"quantization": ["int3"]}}, "spec.placement.quantization[0]"),
         ({"autoscaling": {"metrics": {"type": "prometheus"}}}, "prometheusURL is required"),
+        ({"model": {"cache": {"create": True, "accessMode": "ReadOnlyMany"}}}, "model.cache: a claim kvscale creates"),
+        ({"model": {"cache": {"storageClassName": "nfs"}}}, "model.cache needs claimName or create"),
+        ({"model": {"uri": "s3://bucket/m", "cache": {"create": True}}}, "s3:// and gs:// weights are streamed"),
+        ({"model": {"cache": {"create": True, "size": "lots"}}}, "spec.model.cache.size"),
+        ({"vllm": {"drainSeconds": -5}}, "spec.vllm.drainSeconds"),
     ],
 )
 def test_invalid_objects_are_rejected_at_admission(api, namespace: str, crd_installed: None,  # type: ignore[no-untyped-def]

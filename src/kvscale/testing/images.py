@@ -43,14 +43,14 @@ MODELS_DIR = "/models"
 #: What the CPU build needs that a GPU build does not, baked into the vLLM image as defaults:
 #: a KV-cache size in GiB (the GPU build derives it from --gpu-memory-utilization, the CPU build
 #: ignores that flag), one OpenMP thread per engine (this machine has two cores for everything),
-#: no telemetry, no Hub access (weights are dummies, configs are local).
+#: no telemetry. The Hub is not disabled here: the nodes have no route off the machine, and a test may
+#: point HF_ENDPOINT at a local stand-in.
 VLLM_CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_TARGET_DEVICE": "cpu",
     "OMP_NUM_THREADS": "1",
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
-    "HF_HUB_OFFLINE": "1",
 }
 CACHE_ENV = "KVSCALE_IMAGE_CACHE"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
