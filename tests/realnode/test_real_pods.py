@@ -77,10 +77,9 @@ def test_rendered_pods_scale_on_kv_pressure_through_the_service(real_cluster: Lo
     svc = client.CoreV1Api(real_api).read_namespaced_service("chat", ns)
     service_url = f"http://{svc.spec.cluster_ip}:8000"
 
-    # 12 requests through the ClusterIP hold 9,600-14,400 of one replica's 16,384 KV tokens: above the 0.5
-    # target (summed over replicas) from start to end, so the load asks for 2 replicas all the time
+    # 12 long requests through the ClusterIP keep about one replica's KV cache (16,384 tokens) full
     gen = LoadGenerator(backends=lambda: [service_url], model=SERVED_NAME, concurrency=lambda t: 12,
-                        duration_s=400, prompt_tokens=800, output_tokens=400)
+                        duration_s=400, prompt_tokens=400, output_tokens=800)
     box: dict[str, Any] = {}
     load = threading.Thread(target=lambda: box.setdefault("stats", run_load(gen)), daemon=True)
     t_load = time.monotonic()
