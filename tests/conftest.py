@@ -48,8 +48,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def crd_installed(cluster: LocalCluster) -> None:
-    cluster.kubectl("apply", "-f", str(REPO / "crds" / "kvscale.io_llmdeployments.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.kvscale.io", "--timeout=60s")
+    cluster.install_crd((REPO / "crds" / "kvscale.io_llmdeployments.yaml").read_text())
 
 
 @pytest.fixture(scope="session")

@@ -96,8 +96,7 @@ def run_demo(console: Console, duration_s: float = 300.0, window_s: int = 40, pe
     stop_load = threading.Event()
     try:
         cluster.start(timeout=300)
-        cluster.kubectl("apply", "-f", "-", input=crd_yaml())
-        cluster.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.kvscale.io", "--timeout=60s")
+        cluster.install_crd(crd_yaml())
         console.print(f"cluster up in {cluster.started_s:.1f}s; KUBECONFIG={cluster.kubeconfig}")
         operator = OperatorProcess(kubeconfig=cluster.kubeconfig, log_path=work / "operator.log",
                                    extra_env={"KVSCALE_AUTOSCALE_INTERVAL": "3"}).start()

@@ -150,8 +150,7 @@ def test_kubectl_apply_k_deploy(own_cluster: LocalCluster) -> None:
 
 
 def test_examples_are_valid(own_cluster: LocalCluster) -> None:
-    own_cluster.kubectl("apply", "-f", str(REPO / "crds" / "kvscale.io_llmdeployments.yaml"))
-    own_cluster.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.kvscale.io", "--timeout=60s")
+    own_cluster.install_crd((REPO / "crds" / "kvscale.io_llmdeployments.yaml").read_text())
     own_cluster.kubectl("create", "namespace", "examples", check=False)
     for example in sorted((REPO / "deploy" / "examples").glob("*.yaml")):
         def dry_run(path: Path = example) -> subprocess.CompletedProcess[str] | None:

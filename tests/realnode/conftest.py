@@ -32,8 +32,7 @@ def real_cluster() -> Iterator[LocalCluster]:
     c = LocalCluster(fleet=KWOK_FLEET, real_nodes=REAL_NODES)
     c.start(timeout=300)
     try:
-        c.kubectl("apply", "-f", str(REPO / "crds" / "kvscale.io_llmdeployments.yaml"))
-        c.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.kvscale.io", "--timeout=60s")
+        c.install_crd((REPO / "crds" / "kvscale.io_llmdeployments.yaml").read_text())
         yield c
     finally:
         c.stop()

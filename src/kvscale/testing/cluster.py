@@ -308,6 +308,24 @@ class LocalCluster:
         return subprocess.run([self.binaries.path("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
                               input=input, capture_output=True, text=True, check=check)
 
+    def install_crd(self, manifest: str, timeout: float = 90.0) -> None:
+        """Apply a CRD manifest (YAML text) and wait until it is Established.
+
+        Right after start-up the apiserver may still be initialising its storage, and ``kubectl wait``
+        answers NotFound for a CRD it has not seen yet: both are retried until ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            done = [self.kubectl("apply", "-f", "-", input=manifest, check=False)]
+            if done[0].returncode == 0:
+                done.append(self.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.kvscale.io",
+                                         "--timeout=30s", check=False))
+                if done[-1].returncode == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"CRD not Established after {timeout:.0f}s: {done[-1].stderr.strip()[-500:]}")
+            time.sleep(1)
+
     def api_client(self) -> Any:
         from kubernetes import client, config
 
