@@ -20,10 +20,12 @@ MODEL = "llama_kv_heavy"
 SERVED_NAME = "tiny-llama"
 #: KV tokens the CPU image's default 1 GiB cache holds for MODEL (2**30 / 65,536 bytes per token)
 KV_TOKENS = 16_384
-#: what one CPU replica of MODEL needs here (torch in the API server and engine processes, the 1 GiB KV
-#: cache), in place of the GPU-host figures kvscale derives; two replicas fit a 2-core node
+#: what one CPU replica of MODEL needs here, in place of the GPU-host figures kvscale derives (two replicas
+#: fit a 2-core node). Memory: about 4 GiB resident (torch in three processes, the 1 GiB KV cache) plus
+#: the page cache of the mapped torch libraries, which the memory cgroup charges: at a 6 GiB limit the
+#: kernel reclaimed those pages without end (100 % system time) and a second replica never finished starting
 CPU_REQUEST = "500m"
-MEMORY_REQUEST = "6Gi"
+MEMORY_REQUEST = "10Gi"
 
 
 def tiny_llmdeployment(name: str, gpu: str = "L4", vllm: dict[str, Any] | None = None,
