@@ -20,11 +20,9 @@ from .model_source import ModelSource, Origin
 
 # Host memory: the API server, engine core and one worker per GPU each hold a CUDA context, the tokenizer
 # and Python (about 1.5 GiB each on vLLM's CUDA image); each worker also pins staging buffers and the
-# shared-memory channels between workers. The memory cgroup also charges the page cache of the libraries
-# they map (torch, CUDA, cuBLAS: gigabytes) and of the weights, which pass through host memory while they
-# load, so a replica needs its whole checkpoint once. A limit below that working set does not OOM-kill:
-# the kernel reclaims the mapped libraries over and over and the replica crawls (seen on the CPU build).
-HOST_BASE_BYTES = 8 * GIB  # API server + engine core + mapped libraries
+# shared-memory channels between workers. Weights pass through host memory while they load (safetensors
+# pages are charged to the container's memory cgroup), so a replica needs its whole checkpoint once.
+HOST_BASE_BYTES = 4 * GIB  # API server + engine core
 HOST_PER_GPU_BYTES = 3 * GIB  # worker process, pinned buffers, shared-memory channel share
 LOAD_FACTOR = 1.0  # of the replica's weights, resident while loading
 SHM_PER_GPU_BYTES = 1 * GIB  # /dev/shm written by the workers' message queues (counts as memory)
