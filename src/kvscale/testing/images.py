@@ -49,6 +49,10 @@ VLLM_CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_TARGET_DEVICE": "cpu",
     "OMP_NUM_THREADS": "1",
+    # vLLM's CPU build pins each worker to a core of its choosing ("auto"), the same core in every pod:
+    # two replicas on one machine then fight over core 0 while core 1 idles. Without the static CPU
+    # manager cores are shared, so the threads float.
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
 }
