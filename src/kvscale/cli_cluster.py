@@ -71,7 +71,9 @@ def add_operator_commands(sub: Any) -> None:
     run.add_argument("--health-port", type=int, help="liveness/readiness /healthz port (default 8081)")
     run.add_argument("--log-format", choices=["plain", "full", "json"])
     run.add_argument("--gpu-catalog", help="GPU catalog YAML (prices, extra cards)")
-    run.add_argument("--peering", help="Kopf peering name: leader election between operator replicas")
+    run.add_argument("--leader-election", metavar="LEASE",
+                     help="elect one active replica through this Lease (in KVSCALE_LEASE_NAMESPACE, else the "
+                          "operator's own namespace)")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=cmd_operator_run)
 
@@ -96,7 +98,7 @@ def cmd_operator_run(args: argparse.Namespace, console: Console) -> int:
     updates: dict[str, Any] = {}
     if args.namespace:
         updates["namespaces"] = tuple(args.namespace)
-    for field in ("metrics_port", "health_port", "gpu_catalog", "peering"):
+    for field in ("metrics_port", "health_port", "gpu_catalog", "leader_election"):
         if getattr(args, field) is not None:
             updates[field] = getattr(args, field)
     if args.log_format:

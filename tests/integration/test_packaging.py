@@ -106,7 +106,8 @@ def test_install_reconcile_upgrade_uninstall(own_cluster: LocalCluster, tmp_path
     # the operator runs here as a process, but with the chart's ServiceAccount: RBAC decides what it may do
     op = OperatorProcess(kubeconfig=_sa_kubeconfig(own_cluster, tmp_path / "sa.kubeconfig"),
                          log_path=tmp_path / "operator.log",
-                         extra_env={"KVSCALE_AUTOSCALE_INTERVAL": "2"}).start()
+                         extra_env={"KVSCALE_AUTOSCALE_INTERVAL": "2", "KVSCALE_LEADER_ELECTION": "kvscale",
+                                    "KVSCALE_LEASE_NAMESPACE": NS}).start()
     try:
         own_cluster.kubectl("create", "namespace", "apps")
         own_cluster.kubectl("apply", "-f", "-", input=LLMD)
@@ -117,6 +118,8 @@ def test_install_reconcile_upgrade_uninstall(own_cluster: LocalCluster, tmp_path
             60, "autoscaler ran (pods listed, status patched)")
         events = own_cluster.kubectl("get", "events", "-n", "apps", "-o", "jsonpath={.items[*].reason}").stdout
         assert "Planned" in events
+        holder = own_cluster.kubectl("get", "lease", "kvscale", "-n", NS, "-o", "jsonpath={.spec.holderIdentity}")
+        assert holder.stdout.startswith("kvscale@"), "the Lease the chart's Role allows is held"
         time.sleep(3)
     finally:
         op.stop()
@@ -128,11 +131,11 @@ def test_install_reconcile_upgrade_uninstall(own_cluster: LocalCluster, tmp_path
     assert "STATUS: deployed" in out.stdout
     env = own_cluster.kubectl("get", "deploy", "kvscale", "-n", NS, "-o",
                               "jsonpath={.spec.template.spec.containers[0].env}").stdout
-    assert '"plain"' in env and "KVSCALE_PEERING" in env
-    assert own_cluster.kubectl("get", "clusterkopfpeering", "kvscale").returncode == 0
+    assert '"plain"' in env and "KVSCALE_LEADER_ELECTION" in env
+    assert own_cluster.kubectl("get", "role,rolebinding", "kvscale-leader-election", "-n", NS).returncode == 0
 
     helm(own_cluster, "uninstall", "kvscale", "-n", NS)
-    left = own_cluster.kubectl("get", "deploy,svc,sa,cm,clusterrole,clusterrolebinding,clusterkopfpeering", "-A",
+    left = own_cluster.kubectl("get", "deploy,svc,sa,cm,clusterrole,clusterrolebinding,role,rolebinding", "-A",
                                "-l", "app.kubernetes.io/instance=kvscale", "-o", "name").stdout.strip()
     assert left == "", f"left behind after uninstall: {left}"
     # Helm never deletes CRDs (that would delete every LLMDeployment); they stay, by design

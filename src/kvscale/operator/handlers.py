@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -33,12 +34,19 @@ from .autoscale import (
     with_history,
 )
 from .discovery import free_gpus, gpu_options
+from .health import Liveness
+from .leadership import LeaseElector
 from .reconcile import Event, availability, parse_spec, reconcile
 from .render import INSTANCE_LABEL, selector_string
 from .resource import GROUP, KIND, PLURAL, VERSION, LLMDeploymentSpec, MetricsSourceType
 from .settings import OperatorSettings
 
 log = logging.getLogger("kvscale.operator")
+
+
+#: LLMDeployments worked on at once by the periodic pass: one slow object (a pod whose scrape times
+#: out, a slow Prometheus) then delays only its own slot, and the API sees a bounded burst
+PERIODIC_CONCURRENCY = 8
 
 
 class _State:
@@ -52,6 +60,7 @@ class _State:
     serving: dict[tuple[str, str], set[str]] = {}  # noqa: RUF012  # pods that have answered at least once
     stop: threading.Event = threading.Event()
     worker: threading.Thread | None = None
+    beat: float | None = None  # monotonic time the worker last began a pass
 
 
 STATE = _State()
@@ -61,13 +70,15 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _api() -> client.ApiClient:
+def api_client() -> client.ApiClient:
     if STATE.api is None:
         try:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
             config.load_kube_config()  # type: ignore[no-untyped-call]
-        STATE.api = client.ApiClient()
+        cfg = client.Configuration.get_default_copy()
+        cfg.connection_pool_maxsize = PERIODIC_CONCURRENCY + 4  # the worker's threads, Kopf's handlers
+        STATE.api = client.ApiClient(cfg)
     return STATE.api
 
 
@@ -87,12 +98,8 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.WARNING  # Events are ours (kopf.info/warn), not handler chatter
     settings.watching.server_timeout = 300
-    if STATE.settings.peering is None:
-        settings.peering.standalone = True
-    else:
-        settings.peering.name = STATE.settings.peering
-        settings.peering.mandatory = True
-    _api()
+    settings.peering.standalone = True  # one active replica is elected before Kopf starts (leadership.py)
+    api_client()
     _catalog()
 
 
@@ -128,7 +135,7 @@ def _post(body: kopf.Body | dict[str, Any], events: list[Event]) -> None:
     obj = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(body["metadata"])}
     for ev in events:
         try:
-            post_event(_api(), obj, ev.type, ev.reason, ev.message, _now())
+            post_event(api_client(), obj, ev.type, ev.reason, ev.message, _now())
         except client.ApiException as exc:  # an Event lost is not worth a retry storm
             log.warning("could not post Event %s on %s: %s", ev.reason, body["metadata"]["name"], exc.reason)
 
@@ -136,7 +143,7 @@ def _post(body: kopf.Body | dict[str, Any], events: list[Event]) -> None:
 def _free_gpus(nodes: list[dict[str, Any]]) -> dict[str, list[int]] | None:
     """Unrequested GPUs per node by type, from the pods bound to nodes (None when they cannot be listed)."""
     try:
-        resp = client.CoreV1Api(_api()).list_pod_for_all_namespaces(
+        resp = client.CoreV1Api(api_client()).list_pod_for_all_namespaces(
             field_selector="status.phase!=Succeeded,status.phase!=Failed", _preload_content=False)
         bound = json.loads(resp.data)["items"]  # type: ignore[attr-defined]
     except (client.ApiException, ValueError, KeyError) as exc:
@@ -147,7 +154,7 @@ def _free_gpus(nodes: list[dict[str, Any]]) -> dict[str, list[int]] | None:
 
 def _reconcile(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, dict[str, Any]]) -> bool:
     meta, ns, name = body["metadata"], body["metadata"]["namespace"], body["metadata"]["name"]
-    api = _api()
+    api = api_client()
     exists = read_deployment(api, ns, name) is not None
     nodes = _nodes(gpu_nodes)
     rec = reconcile(name, ns, meta["uid"], meta.get("generation", 1), dict(body.get("spec", {})),
@@ -184,31 +191,61 @@ def replan_unplanned(body: dict[str, Any]) -> None:
         _reconcile(body, STATE.nodes)
 
 
+def _periodic(body: dict[str, Any], replan: bool) -> None:
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    try:
+        if replan:
+            replan_unplanned(body)
+        autoscale(body, key)
+    except Exception:  # one object's failure must not stop the others, nor the worker
+        metrics.PERIODIC_FAILURES.labels("object").inc()
+        log.exception("periodic work on %s/%s failed", *key)
+
+
+def _pass(pool: ThreadPoolExecutor, replan: bool) -> None:
+    if STATE.objects is None:
+        return
+    bodies = [items[-1] for items in (list(store) for store in list(STATE.objects.values())) if items]
+    started = time.monotonic()
+    list(pool.map(lambda b: _periodic(b, replan), bodies))
+    metrics.PASS_SECONDS.set(time.monotonic() - started)
+
+
 def _worker() -> None:
-    """Periodic work for every LLMDeployment: autoscaling, and re-planning the unplanned."""
+    """Periodic work for every LLMDeployment: autoscaling, and re-planning the unplanned.
+
+    Supervised: whatever a pass raises is logged with its traceback and counted, and the next pass
+    runs; liveness fails if passes stop (health.judge).
+    """
     interval = STATE.settings.autoscale_interval_s
     last_replan = time.monotonic()
-    while not STATE.stop.wait(interval):
-        if STATE.objects is None:
-            continue
-        replan = time.monotonic() - last_replan >= STATE.settings.replan_interval_s
-        if replan:
-            last_replan = time.monotonic()
-        bodies = [store_items[-1] for store_items in (list(s) for s in list(STATE.objects.values())) if store_items]
-        for body in bodies:
-            key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    with ThreadPoolExecutor(PERIODIC_CONCURRENCY, thread_name_prefix="kvscale-periodic") as pool:
+        while not STATE.stop.wait(interval):
+            STATE.beat = time.monotonic()
+            replan = STATE.beat - last_replan >= STATE.settings.replan_interval_s
+            if replan:
+                last_replan = STATE.beat
             try:
-                if replan:
-                    replan_unplanned(body)
-                autoscale(body, key)
-            except Exception as exc:  # one object's failure must not stop the others
-                metrics.ERRORS.labels("periodic").inc()
-                log.warning("periodic work on %s/%s failed: %s", *key, exc)
+                _pass(pool, replan)
+            except Exception:
+                metrics.PERIODIC_FAILURES.labels("pass").inc()
+                log.exception("periodic pass failed")
+
+
+def liveness(elector: LeaseElector | None) -> Liveness:
+    worker = STATE.worker
+    return Liveness(
+        leading=elector is None or elector.leading.is_set(),
+        election_alive=elector is None or elector.alive(),
+        worker_started=worker is not None, worker_alive=worker is not None and worker.is_alive(),
+        since_beat_s=None if STATE.beat is None else time.monotonic() - STATE.beat,
+        interval_s=STATE.settings.autoscale_interval_s)
 
 
 @kopf.on.startup()
 def start_worker(**_: Any) -> None:
     STATE.stop.clear()
+    STATE.beat = time.monotonic()
     STATE.worker = threading.Thread(target=_worker, name="kvscale-periodic", daemon=True)
     STATE.worker.start()
 
@@ -237,7 +274,7 @@ def deployment_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None
     updates = [(c.AVAILABLE, ok, reason, message),
                (c.PROGRESSING, rolling, "Rollout" if rolling else "Complete", message)]
     fields = {"replicas": int(st.get("replicas") or 0), "readyReplicas": ready}
-    update_status(_api(), ns, name, fields, updates, _now())
+    update_status(api_client(), ns, name, fields, updates, _now())
     metrics.ACTUAL.labels(ns, name).set(ready)
 
 
@@ -246,7 +283,7 @@ def _source(spec: LLMDeploymentSpec, namespace: str) -> MetricsSource:
     if m.type is MetricsSourceType.PROMETHEUS:
         token = None
         if m.bearer_token_secret:
-            secret = client.CoreV1Api(_api()).read_namespaced_secret(m.bearer_token_secret, namespace)
+            secret = client.CoreV1Api(api_client()).read_namespaced_secret(m.bearer_token_secret, namespace)
             token = base64.b64decode((secret.data or {}).get("token", "")).decode() or None
         return PrometheusSource(url=m.prometheus_url or "", bearer_token=token)
     return PodScrapeSource()
@@ -260,7 +297,7 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
         return
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    api = _api()
+    api = api_client()
     pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=selector_string(name))
     pod_dicts = [api.sanitize_for_serialization(p) for p in pods.items]  # type: ignore[no-untyped-call]
     view = classify_pods(pod_dicts, spec.vllm.port)

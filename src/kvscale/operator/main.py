@@ -14,7 +14,12 @@ from typing import Any, cast
 import kopf
 from prometheus_client import start_http_server
 
+from . import health, metrics
+from .leadership import LeaseElector
 from .settings import LogFormat, OperatorSettings
+
+#: the exit status of a replica that lost the Lease (distinct from a crash in the logs)
+LOST_LEASE_EXIT = 3
 
 
 class _JSONFormatter(logging.Formatter):
@@ -39,7 +44,7 @@ def _logging(fmt: LogFormat, verbose: bool) -> None:
 
 
 def operator_identity() -> str:
-    """This replica's peering identity. Kopf would ask the password database for the user name, which
+    """This replica's identity (Lease holder, Kopf). Kopf would ask the password database for the user name, which
     a non-root image has no entry for (uid 65532 in a distroless-style image): the pod name (hostname)
     and process id say the same without one."""
     now = time.strftime("%Y%m%d%H%M%S", time.gmtime())
@@ -47,18 +52,44 @@ def operator_identity() -> str:
 
 
 def run(settings: OperatorSettings, verbose: bool = False) -> None:
+    """Serve liveness at once; with leader election, wait for the Lease before starting Kopf."""
     from . import handlers  # registers the handlers
 
     handlers.STATE.settings = settings
     _logging(settings.log_format, verbose)
+    logging.getLogger("kvscale.leadership").setLevel(logging.INFO)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="0.0.0.0")
-    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    asyncio.run(kopf.operator(
-        clusterwide=not settings.namespaces,
-        namespaces=list(settings.namespaces),
-        liveness_endpoint=liveness,
-        standalone=settings.peering is None,
-        peering_name=settings.peering,
-        identity=cast(Any, operator_identity()),  # kopf's Identity is a NewType of str
-    ))
+    identity = operator_identity()
+    elector = None
+    if settings.leader_election:
+        elector = LeaseElector(handlers.api_client(), settings.leader_election, settings.lease_namespace,
+                               identity, on_lost=_lost_lease)
+    if settings.health_port:
+        health.serve(settings.health_port, lambda: health.judge(handlers.liveness(elector)))
+    if elector is not None:
+        elector.start()
+        logging.getLogger("kvscale.operator").info(
+            "standby: waiting for Lease %s/%s", settings.lease_namespace, settings.leader_election)
+        while not elector.leading.wait(1.0):
+            pass
+    metrics.LEADER.set(1)
+    try:
+        asyncio.run(kopf.operator(
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            standalone=True,
+            identity=cast(Any, identity),  # kopf's Identity is a NewType of str
+        ))
+    finally:
+        metrics.LEADER.set(0)
+        if elector is not None:
+            elector.release()
+
+
+def _lost_lease() -> None:
+    """Past the renew deadline another replica may lead: stop at once, writing nothing more (the
+    kubelet restarts this one as a standby)."""
+    logging.getLogger("kvscale.operator").error("leadership lost: exiting")
+    logging.shutdown()
+    os._exit(LOST_LEASE_EXIT)

@@ -14,3 +14,7 @@ ACTUAL = Gauge("kvscale_ready_replicas", "Ready vLLM replicas", ["namespace", "n
 KV_UTIL = Gauge("kvscale_kv_cache_utilization", "Mean KV-cache utilization of ready replicas", ["namespace", "name"])
 ESTIMATOR_ERROR = Gauge("kvscale_estimator_kv_blocks_error_ratio",
                         "(observed - predicted) / predicted vLLM KV blocks per replica", ["namespace", "name"])
+LEADER = Gauge("kvscale_leader", "1 while this replica is the active one (holds the Lease, or runs alone)")
+PERIODIC_FAILURES = Counter("kvscale_periodic_failures_total",
+                            "Periodic work that raised (the traceback is logged)", ["stage"])
+PASS_SECONDS = Gauge("kvscale_periodic_pass_seconds", "Duration of the last periodic pass over all objects")

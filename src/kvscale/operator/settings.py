@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+
+#: the namespace of the pod's service account, mounted in every pod that has one
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _own_namespace() -> str:
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
 
 
 class LogFormat(StrEnum):
@@ -25,7 +36,9 @@ class OperatorSettings(BaseModel):
     gpu_prices: str | None = None  # YAML mapping GPU name -> price per hour, applied on top
     autoscale_interval_s: float = Field(default=15.0, gt=0)
     replan_interval_s: float = Field(default=30.0, gt=0)
-    peering: str | None = None  # Kopf peering name for leader election across operator replicas
+    # name of the coordination.k8s.io Lease that elects the one active replica (None: a single replica)
+    leader_election: str | None = None
+    lease_namespace: str = "default"  # where that Lease lives: the operator's own namespace in a cluster
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -40,5 +53,6 @@ class OperatorSettings(BaseModel):
             gpu_prices=env.get("KVSCALE_GPU_PRICES") or None,
             autoscale_interval_s=float(env.get("KVSCALE_AUTOSCALE_INTERVAL", 15)),
             replan_interval_s=float(env.get("KVSCALE_REPLAN_INTERVAL", 30)),
-            peering=env.get("KVSCALE_PEERING") or None,
+            leader_election=env.get("KVSCALE_LEADER_ELECTION") or None,
+            lease_namespace=env.get("KVSCALE_LEASE_NAMESPACE") or _own_namespace(),
         )

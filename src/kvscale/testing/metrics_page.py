@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 from collections.abc import Callable
@@ -23,3 +24,40 @@ def serve_page(ip: str, port: int, page: Callable[[], str]) -> http.server.Threa
     srv = http.server.ThreadingHTTPServer((ip, port), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
+
+
+class PodPages:
+    """Serve ``page`` on the IP of every pod matching ``selector`` as pods appear (kwok pods have no
+    process: this stands in for their vLLM's /metrics)."""
+
+    def __init__(self, api: Any, namespace: str, selector: str, port: int, page: Callable[[], str]) -> None:
+        self.api, self.namespace, self.selector, self.port, self.page = api, namespace, selector, port, page
+        self.servers: dict[str, http.server.ThreadingHTTPServer] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PodPages:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for srv in self.servers.values():
+            srv.shutdown()
+            srv.server_close()
+
+    def _run(self) -> None:
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.api)
+        while not self._stop.wait(0.5):
+            try:
+                pods = core.list_namespaced_pod(self.namespace, label_selector=self.selector).items
+            except Exception:  # the apiserver may be restarting under a chaos test: try again
+                continue
+            for p in pods:
+                ip = p.status.pod_ip if p.status else None
+                if ip and ip not in self.servers:
+                    with contextlib.suppress(OSError):  # the address is not up yet
+                        self.servers[ip] = serve_page(ip, self.port, self.page)

@@ -1,0 +1,109 @@
+"""Leadership, liveness and the periodic worker's supervision (no cluster)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from kvscale.autoscaler.sources import PodScrapeSource, Target
+from kvscale.operator import handlers, metrics
+from kvscale.operator.health import Liveness, judge
+from kvscale.operator.leadership import Action, LeaseView, lease_action
+from kvscale.operator.settings import OperatorSettings
+
+
+def lease(holder: str | None, duration: int = 15) -> LeaseView:
+    return LeaseView(holder=holder, duration_s=duration, renew_time="t", resource_version="1", transitions=0)
+
+
+@pytest.mark.parametrize(("view", "unchanged", "want"), [
+    (None, 0.0, Action.CREATE),
+    (lease("me"), 100.0, Action.RENEW),
+    (lease("other"), 3.0, Action.WAIT),
+    (lease("other"), 14.9, Action.WAIT),
+    (lease("other"), 15.0, Action.ACQUIRE),  # not renewed for a whole duration: its holder is gone
+    (lease(None), 0.0, Action.ACQUIRE),  # released on a clean shutdown
+    (lease("other", duration=1), 1.0, Action.ACQUIRE),
+])
+def test_lease_action(view: LeaseView | None, unchanged: float, want: Action) -> None:
+    assert lease_action(view, "me", unchanged) is want
+
+
+def live(**kw: Any) -> Liveness:
+    base: dict[str, Any] = {"leading": True, "election_alive": True, "worker_started": True, "worker_alive": True,
+                            "since_beat_s": 1.0, "interval_s": 15.0}
+    return Liveness(**{**base, **kw})
+
+
+def test_liveness_fails_when_work_stops_and_not_for_a_standby() -> None:
+    assert judge(live()) == (True, "leading")
+    assert judge(live(leading=False, worker_started=False, since_beat_s=None)) == (True, "standby")
+    assert judge(live(election_alive=False))[0] is False
+    assert judge(live(worker_alive=False)) == (False, "periodic worker died")
+    ok, why = judge(live(since_beat_s=200.0))  # limit: 4 x 15 s + 60 s = 120 s
+    assert not ok and "200 s" in why and "120 s" in why
+    assert judge(live(since_beat_s=119.0))[0]
+
+
+class _Exploding:
+    """An index whose iteration fails, as a Kopf index can while it changes under another thread."""
+
+    def values(self) -> Any:
+        raise RuntimeError("dictionary changed size during iteration")
+
+
+def test_a_failing_pass_is_counted_and_the_worker_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handlers.STATE, "settings", OperatorSettings(autoscale_interval_s=0.05))
+    monkeypatch.setattr(handlers.STATE, "objects", _Exploding())
+    before = metrics.PERIODIC_FAILURES.labels("pass")._value.get()
+    handlers.STATE.stop.clear()
+    worker = threading.Thread(target=handlers._worker, daemon=True)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        assert worker.is_alive()
+        assert metrics.PERIODIC_FAILURES.labels("pass")._value.get() - before >= 3  # every pass failed, none stopped it
+        assert handlers.STATE.beat is not None and time.monotonic() - handlers.STATE.beat < 0.5
+    finally:
+        handlers.STATE.stop.set()
+        worker.join(timeout=5)
+
+
+def _server(delay: float) -> http.server.ThreadingHTTPServer:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(delay)
+            body = b'vllm:kv_cache_usage_perc{engine="0"} 0.5\nvllm:num_requests_running{engine="0"} 1\n' \
+                   b'vllm:num_requests_waiting{engine="0"} 0\n'
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_slow_pods_time_out_without_delaying_the_others() -> None:
+    slow, fast = _server(5.0), _server(0.0)
+    try:
+        targets = [Target("ns", f"slow-{i}", "127.0.0.1", slow.server_address[1]) for i in range(4)]
+        targets += [Target("ns", f"fast-{i}", "127.0.0.1", fast.server_address[1]) for i in range(4)]
+        started = time.monotonic()
+        got = PodScrapeSource(timeout_s=1.0).read(targets)
+        elapsed = time.monotonic() - started
+    finally:
+        for s in (slow, fast):
+            s.shutdown()
+            s.server_close()
+    assert sorted(got.metrics) == [f"fast-{i}" for i in range(4)]
+    assert sorted(got.missing) == [f"slow-{i}" for i in range(4)]
+    assert all("Timeout" in e for e in got.errors)
+    assert elapsed < 3.0, f"four 1 s timeouts read one after another would take 4 s; took {elapsed:.1f} s"
