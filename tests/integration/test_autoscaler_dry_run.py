@@ -61,7 +61,9 @@ def deploy_with_page(api, namespace: str, name: str, autoscaling: dict[str, Any]
 
 def test_dry_run_records_but_does_not_scale(api, namespace: str, operator, page_server) -> None:  # type: ignore[no-untyped-def]
     custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
-    deploy_with_page(api, namespace, "advisory", {"targetKVCacheUtilization": 0.5}, page_server, lambda: FULL_CACHE)
+    load = [FULL_CACHE]
+    deploy_with_page(api, namespace, "advisory", {"targetKVCacheUtilization": 0.5,
+                                                  "scaleDownStabilizationSeconds": 0}, page_server, lambda: load[0])
 
     def decided() -> dict[str, Any] | None:
         o = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "advisory")
@@ -77,7 +79,15 @@ def test_dry_run_records_but_does_not_scale(api, namespace: str, operator, page_
     decision = obj["status"]["lastDecision"]
     assert decision["applied"] is False and "scale up 1 -> 2" in decision["reason"]
     assert obj["spec"].get("replicas") is None  # the scale subresource was not touched
-    time.sleep(5)
+    assert obj["status"]["recommendedReplicas"] == 2 and obj["status"]["desiredReplicas"] == 1
+
+    # many ticks later, with the load gone: the advice is still judged against the one replica that
+    # runs (advice never becomes the fleet's size in the policy's eyes, so no "2 -> 1" appears)
+    load[0] = FULL_CACHE.replace(" 0.95", " 0.05").replace("running{engine=\"0\"} 8", "running{engine=\"0\"} 0")
+    time.sleep(8 * 3)  # eight autoscale intervals
+    obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "advisory")
+    assert all(h["replicas"] == 1 for h in obj["status"]["history"]), obj["status"]["history"]
+    assert obj["status"]["recommendedReplicas"] == 1 and obj["status"]["desiredReplicas"] == 1
     dep = client.AppsV1Api(api).read_namespaced_deployment("advisory", namespace)
     assert dep.spec.replicas == 1
     events = [e for e in core.list_namespaced_event(namespace).items if e.involved_object.name == "advisory"]

@@ -139,6 +139,9 @@ def test_delete_garbage_collects_children(api, namespace: str, operator) -> None
         ({"serving": {"maxModelLen": 4096, "gpuMemoryUtilization": 1.5}}, "spec.serving.gpuMemoryUtilization"),
         ({"placement": {"quantization": ["int3"]}}, "spec.placement.quantization[0]"),
         ({"autoscaling": {"metrics": {"type": "prometheus"}}}, "prometheusURL is required"),
+        ({"autoscaling": {"minReplicas": 0, "metrics": {"type": "prometheus", "prometheusURL": "http://p:9090"}}},
+         "autoscaling.minReplicas 0 needs autoscaling.activation"),
+        ({"autoscaling": {"activation": {"query": "sum(x)"}}}, "autoscaling.activation is a Prometheus query"),
         ({"model": {"cache": {"create": True, "accessMode": "ReadOnlyMany"}}}, "model.cache: a claim kvscale creates"),
         ({"model": {"cache": {"storageClassName": "nfs"}}}, "model.cache needs claimName or create"),
         ({"model": {"uri": "s3://bucket/m", "cache": {"create": True}}}, "s3:// and gs:// weights are streamed"),
@@ -236,3 +239,66 @@ def test_crds_directory_is_current() -> None:
 
     on_disk = (Path(__file__).resolve().parents[2] / "crds" / "kvscale.io_llmdeployments.yaml").read_text()
     assert on_disk == crd_yaml(), "crds/ is stale: run `kvscale crd -o crds/kvscale.io_llmdeployments.yaml`"
+
+
+def test_deleted_or_edited_children_are_restored(api, namespace: str, operator, cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
+    create(api, namespace, llmd("kept", model="Qwen/Qwen2.5-7B-Instruct", max_len=8192, gpus=["L4"], concurrency=2,
+                               replicas=1))
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    wait_for(lambda: get(api, namespace, "kept").get("status", {}).get("children"), what="children recorded")
+    assert cluster.kubectl("wait", "--for=condition=Ready", "llmd/kept", "-n", namespace, "--timeout=60s",
+                           check=False).returncode == 0, "the Ready summary condition"
+    svc = core.read_namespaced_service("kept", namespace)
+    plan_hash = get(api, namespace, "kept")["status"]["planHash"]
+
+    core.delete_namespaced_service("kept", namespace)
+    started = time.monotonic()
+    wait_for(lambda: core.read_namespaced_service("kept", namespace).metadata.uid != svc.metadata.uid,
+             timeout=30, what="the Service re-created")
+    restored_s = time.monotonic() - started
+
+    # a hand edit of what kvscale owns (replicas, the vLLM args) is undone
+    apps.patch_namespaced_deployment("kept", namespace, {"spec": {"replicas": 3, "template": {"spec": {
+        "containers": [{"name": "vllm", "args": ["--model", "something-else"]}]}}}})
+    wait_for(lambda: (d := apps.read_namespaced_deployment("kept", namespace)).spec.replicas == 1
+             and "--max-model-len" in d.spec.template.spec.containers[0].args, timeout=30,
+             what="the Deployment restored")
+    client.PolicyV1Api(api).delete_namespaced_pod_disruption_budget("kept", namespace)
+    wait_for(lambda: client.PolicyV1Api(api).read_namespaced_pod_disruption_budget("kept", namespace),
+             timeout=30, what="the PodDisruptionBudget re-created")
+    assert get(api, namespace, "kept")["status"]["planHash"] == plan_hash
+    wait_for(lambda: any(e.reason == "ChildRestored" for e in events_for(api, namespace, "kept")),
+             what="a ChildRestored Event")
+    print(f"\nService restored {restored_s:.1f} s after its deletion")
+
+
+def test_a_scale_keeps_the_plan_when_its_nodes_are_cordoned(api, namespace: str, operator) -> None:  # type: ignore[no-untyped-def]
+    create(api, namespace, llmd("steadfast", model="meta-llama/Llama-3.1-8B-Instruct", max_len=8192,
+                               gpus=["H100-80GB", "A100-80GB"], concurrency=2, replicas=1))
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    obj = wait_for(lambda: (o := get(api, namespace, "steadfast")).get("status", {}).get("children") and o,
+                   what="planned and applied")
+    gpu = obj["status"]["plan"]["gpu"]
+    dep = apps.read_namespaced_deployment("steadfast", namespace)
+    template = dep.spec.template.to_dict()
+    product = dep.spec.template.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution \
+        .node_selector_terms[0].match_expressions[0].values
+    cordoned = [n.metadata.name for n in core.list_node().items
+                if (n.metadata.labels or {}).get("nvidia.com/gpu.product") in product]
+    assert cordoned
+    try:
+        for n in cordoned:
+            core.patch_node(n, {"spec": {"unschedulable": True}})
+        client.CustomObjectsApi(api).patch_namespaced_custom_object_scale(
+            GROUP, VERSION, namespace, PLURAL, "steadfast", {"spec": {"replicas": 2}})
+        after = wait_for(lambda: (d := apps.read_namespaced_deployment("steadfast", namespace)).spec.replicas == 2
+                         and d, what="the scale applied")
+        assert after.spec.template.to_dict() == template, "a scale must not roll the pods"
+        obj = wait_for(lambda: (o := get(api, namespace, "steadfast"))["status"].get("planUnavailableSince") and o,
+                       what="the missing GPU type noted")
+        assert obj["status"]["plan"]["gpu"] == gpu and obj["status"]["desiredReplicas"] == 2
+        reasons = [e.reason for e in events_for(api, namespace, "steadfast")]
+        assert "PlanUnavailable" in reasons and reasons.count("Planned") == 1
+    finally:
+        for n in cordoned:
+            core.patch_node(n, {"spec": {"unschedulable": False}})

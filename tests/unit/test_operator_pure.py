@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -10,7 +11,7 @@ from kvscale.operator import conditions as c
 from kvscale.operator.crd import crd
 from kvscale.operator.discovery import gpu_options
 from kvscale.operator.planning import decide_plan
-from kvscale.operator.reconcile import reconcile
+from kvscale.operator.reconcile import REPLAN_GRACE_S, child_key, reconcile
 from kvscale.operator.render import render
 from kvscale.operator.resource import LLMDeploymentSpec
 from kvscale.testing.fleet import DEFAULT_FLEET, fleet_manifests
@@ -66,14 +67,84 @@ def test_render_sets_vllm_args_gpus_affinity_and_owner() -> None:
     assert any(v["name"] == "dshm" for v in pod["volumes"])
 
 
+def applied(rec: Any, status: dict[str, Any] | None = None, gen: int = 1) -> dict[str, Any]:
+    """The status after the handler applied ``rec``: children recorded as the apiserver echoes them."""
+    children = {child_key(o): f"g{gen}" if o["kind"] != "Service" else "r7" for o in rec.apply}
+    conds = c.set_condition([], "Planned", True, "Planned", "x", gen, T0)
+    return {**(status or {}), **rec.status, "conditions": conds, "children": children or (status or {})["children"]}
+
+
+T0 = "2026-12-01T10:00:00+00:00"
+
+
+def at(seconds: float) -> str:
+    return (dt.datetime.fromisoformat(T0) + dt.timedelta(seconds=seconds)).isoformat()
+
+
 def test_reconcile_writes_nothing_when_unchanged() -> None:
     nodes = gpu_options(ready(fleet_manifests(DEFAULT_FLEET)), CAT)
     raw = spec().model_dump(by_alias=True, mode="json", exclude_none=True)
-    first = reconcile("m", "ns", "u", 1, raw, {}, nodes, CAT, "t0")
+    first = reconcile("m", "ns", "u", 1, raw, {}, nodes, CAT, T0)
     assert first.apply and first.status and first.plan_changed
-    status = {**first.status, "conditions": c.set_condition([], "Planned", True, "Planned", "x", 1, "t0")}
-    again = reconcile("m", "ns", "u", 1, raw, status, nodes, CAT, "t1")
+    status = applied(first)
+    again = reconcile("m", "ns", "u", 1, raw, status, nodes, CAT, at(1), children=dict(status["children"]))
     assert not again.apply and not again.status and not again.events
+
+
+def test_a_deleted_or_edited_child_is_applied_again_without_a_new_plan() -> None:
+    nodes = gpu_options(ready(fleet_manifests(DEFAULT_FLEET)), CAT)
+    raw = spec().model_dump(by_alias=True, mode="json", exclude_none=True)
+    status = applied(reconcile("m", "ns", "u", 1, raw, {}, nodes, CAT, T0))
+    for live in ({k: v for k, v in status["children"].items() if k != "Service/m"},  # deleted
+                 {**status["children"], "Deployment/m": "g2"}):  # edited by hand
+        rec = reconcile("m", "ns", "u", 1, raw, status, nodes, CAT, at(1), children=live)
+        assert sorted(child_key(o) for o in rec.apply) == sorted(status["children"])
+        assert not rec.plan_changed and rec.status["planHash"] == status["planHash"]
+        assert [e.reason for e in rec.events] == ["ChildRestored"]
+
+
+def test_a_scale_keeps_the_plan_whatever_nodes_are_ready() -> None:
+    fleet = ready(fleet_manifests(DEFAULT_FLEET))
+    raw = {**spec().model_dump(by_alias=True, mode="json", exclude_none=True), "replicas": 1}
+    first = reconcile("m", "ns", "u", 1, raw, {}, gpu_options(fleet, CAT), CAT, T0)
+    status = applied(first)
+    gpu = status["plan"]["gpu"]
+    for n in fleet:  # every node of the planned type cordoned
+        if n["metadata"]["labels"].get("nvidia.com/gpu.product") in CAT.get(gpu).product_labels:
+            n["spec"]["unschedulable"] = True
+    cordoned = gpu_options(fleet, CAT)
+    assert gpu not in cordoned
+    scaled = reconcile("m", "ns", "u", 2, {**raw, "replicas": 3}, status, cordoned, CAT, at(10),
+                       children=dict(status["children"]))
+    dep = next(o for o in scaled.apply if o["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 3 and scaled.status["desiredReplicas"] == 3
+    assert scaled.status["planHash"] == status["planHash"] and not scaled.plan_changed
+    # the same pods: no rollout onto other GPUs
+    assert next(o for o in first.apply if o["kind"] == "Deployment")["spec"]["template"] == dep["spec"]["template"]
+    assert scaled.status["planUnavailableSince"] == at(10)
+    assert [e.reason for e in scaled.events] == ["PlanUnavailable"]
+
+    status = applied(scaled, status, gen=2)
+    held = reconcile("m", "ns", "u", 2, {**raw, "replicas": 3}, status, cordoned, CAT, at(200),
+                     children=dict(status["children"]))
+    assert not held.apply and not held.events  # inside the grace: nothing moves
+    moved = reconcile("m", "ns", "u", 2, {**raw, "replicas": 3}, status, cordoned, CAT, at(10 + REPLAN_GRACE_S),
+                      children=dict(status["children"]))
+    assert moved.plan_changed and moved.status["plan"]["gpu"] != gpu
+    assert [e.reason for e in moved.events] == ["Replanning", "Planned"]
+    assert moved.status["planUnavailableSince"] is None
+
+
+def test_a_spec_that_cannot_be_planned_keeps_the_fleet_and_still_scales() -> None:
+    nodes = gpu_options(ready(fleet_manifests(DEFAULT_FLEET)), CAT)
+    raw = {**spec().model_dump(by_alias=True, mode="json", exclude_none=True), "replicas": 2}
+    status = applied(reconcile("m", "ns", "u", 1, raw, {}, nodes, CAT, T0))
+    impossible = {**raw, "replicas": 4, "model": {"name": "meta-llama/Llama-3.1-405B-Instruct"},
+                  "placement": {"gpuTypes": ["L4"]}}
+    rec = reconcile("m", "ns", "u", 2, impossible, status, nodes, CAT, at(5), children=dict(status["children"]))
+    assert not rec.apply and rec.scale == 4 and rec.status["desiredReplicas"] == 4
+    assert rec.conditions[0][:3] == ("Planned", False, "InsufficientGPUMemory")
+    assert "plan" not in rec.status  # the running plan is still what status says
 
 
 def test_reconcile_reports_invalid_and_infeasible_specs() -> None:
@@ -127,7 +198,7 @@ def test_pod_failures_names_pod_reason_exit_code_and_restarts() -> None:
     assert failure_key(lines[0]) == "pod a container vllm: OOMKilled, exit code 137, CrashLoopBackOff"
 
 
-def test_classify_pods_keeps_a_live_server_that_fails_readiness_apart_from_one_restarting() -> None:
+def test_classify_pods_keeps_a_live_server_that_fails_readiness_apart_from_a_broken_one() -> None:
     from kvscale.operator.autoscale import classify_pods
 
     def pod(name: str, ready: bool, state: dict[str, object], ip: str | None = "10.0.0.1",
@@ -152,5 +223,24 @@ def test_classify_pods_keeps_a_live_server_that_fails_readiness_apart_from_one_r
     view = classify_pods([serving, overloaded, restarting, no_ip, leaving, unplaced], 8000)
     assert [t.pod for t in view.ready] == ["serving"]
     assert [t.pod for t in view.unready] == ["overloaded"]
-    assert view.pending == 2  # restarting and no-ip; the leaving pod is not counted at all
+    assert view.pending == 1  # no-ip is starting; the leaving pod is not counted at all
+    assert view.failed == 1  # the crash-looping one is broken, not starting: it does not hold scaling
     assert (view.unschedulable, view.unschedulable_reason) == (1, "0/3 nodes: 3 Insufficient")
+
+
+def test_ready_summarises_planned_available_and_a_stuck_rollout() -> None:
+    def conds(*items: tuple[str, bool, str]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for ctype, ok, reason in items:
+            out = c.set_condition(out, ctype, ok, reason, f"{reason} says so", 1, T0)
+        return out
+
+    assert c.readiness([]) == (False, "NotPlanned", "no plan yet")
+    assert c.readiness(conds(("Planned", False, "InsufficientGPUMemory")))[:2] == (False, "InsufficientGPUMemory")
+    assert c.readiness(conds(("Planned", True, "Planned"), ("Available", True, "ReplicasNotReady")))[:2] == (
+        False, "ReplicasNotReady")
+    assert c.readiness(conds(("Planned", True, "Planned"), ("Available", True, "ReplicasReady"))) == (
+        True, "Ready", "ReplicasReady says so")
+    stuck = conds(("Planned", True, "Planned"), ("Available", True, "ReplicasReady"),
+                  ("Progressing", False, "ProgressDeadlineExceeded"))
+    assert c.readiness(stuck)[:2] == (False, "ProgressDeadlineExceeded")

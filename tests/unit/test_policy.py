@@ -304,3 +304,21 @@ def test_a_size_that_missed_the_objective_is_not_returned_to_while_remembered() 
     forgetful = loop(0)
     visits = sum(1 for a, b in itertools.pairwise(forgetful) if b == 5 and a != 5)
     assert visits >= 3, forgetful
+
+
+def test_activation_brings_zero_back_and_keeps_the_last_replica_while_there_is_demand() -> None:
+    from kvscale.autoscaler.policy import Decision, activate
+
+    at_zero = Decision(True, 0, 0, "scaled to zero: no replica to measure")
+    assert activate(at_zero, 3.0, 0.0, 0).desired == 1
+    assert activate(at_zero, 3.0, 0.0, 2).desired == 2
+    assert activate(at_zero, 0.0, 0.0, 0) == Decision(True, 0, 0, "activation 0 <= 0: staying at zero")
+    unknown = activate(at_zero, None, 0.0, 0)
+    assert not unknown.valid and unknown.desired == 0  # a failed query never scales, up or down
+    idle = Decision(True, 1, 0, "scale down 1 -> 0")
+    assert activate(idle, 0.0, 0.0, 0) == idle
+    kept = activate(idle, 2.0, 0.0, 0)
+    assert kept.desired == 1 and "activation 2 > 0: keeping one replica" in kept.reason
+    assert activate(idle, None, 0.0, 0).desired == 1
+    busy = Decision(True, 2, 3, "scale up 2 -> 3")
+    assert activate(busy, 0.0, 0.0, 0) == busy

@@ -124,7 +124,8 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
         if snap.missing:
             why = f"no metrics from {len(snap.missing)} ready replica(s) ({', '.join(snap.missing[:3])}); holding"
         else:
-            why = f"no ready replica yet ({snap.pending} starting, {snap.unschedulable} unschedulable); holding"
+            why = (f"no ready replica yet ({snap.pending} starting, {snap.failed} failed, "
+                   f"{snap.unschedulable} unschedulable); holding")
         return state, Decision(False, current, current, why)
 
     n = snap.observed
@@ -301,3 +302,23 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
     if memory and pressure:
         new_state = replace(new_state, burst_sizes=window.append(state.burst_sizes, now, float(desired), memory))
     return new_state, Decision(True, current, desired, reason, panic=panic, limited=limited)
+
+
+def activate(decision: Decision, demand: float | None, threshold: float, min_replicas: int) -> Decision:
+    """Zero replicas and back, on a demand signal that exists at zero (pure).
+
+    At zero no replica reports load: the activation value decides alone (0 -> 1 above the threshold).
+    Above zero the policy decides, but never to zero while demand is above the threshold or unknown,
+    so scale to zero needs positive evidence that nobody is asking.
+    """
+    if decision.current == 0:
+        if demand is None:
+            return Decision(False, 0, 0, "activation query failed: holding at zero")
+        if demand > threshold:
+            return Decision(True, 0, max(1, min_replicas),
+                            f"scale up 0 -> {max(1, min_replicas)}: activation {demand:g} > {threshold:g}")
+        return Decision(True, 0, 0, f"activation {demand:g} <= {threshold:g}: staying at zero")
+    if decision.desired == 0 and (demand is None or demand > threshold):
+        why = "activation query failed" if demand is None else f"activation {demand:g} > {threshold:g}"
+        return replace(decision, desired=1, reason=f"{decision.reason}; {why}: keeping one replica")
+    return decision

@@ -51,6 +51,7 @@ class Snapshot:
     pending: int = 0  # pods not yet Running (starting, pulling, loading)
     unschedulable: int = 0  # pods the scheduler cannot place
     unschedulable_reason: str = ""
+    failed: int = 0  # pods that are broken rather than starting (crash loop, image errors): never "starting"
     errors: tuple[str, ...] = field(default_factory=tuple)
 
     @property

@@ -5,6 +5,7 @@ A target that cannot be read is reported as missing, never as zero load.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -108,6 +109,23 @@ class PrometheusSource:
             per_pod.setdefault(r["metric"].get("pod", ""), {})[float(r["metric"].get("le", "inf"))] = \
                 float(r["value"][1])
         return {pod: tuple(sorted(b.items())) for pod, b in per_pod.items()}
+
+    def value(self, promql: str) -> tuple[float | None, str]:
+        """One number: the sum of the query's series (0 when none), or None and why it could not be read."""
+        headers = {"Authorization": f"Bearer {self.bearer_token}"} if self.bearer_token else {}
+        try:
+            with httpx.Client(timeout=self.timeout_s, headers=headers) as http:
+                resp = http.get(f"{self.url.rstrip('/')}/api/v1/query", params={"query": promql})
+                resp.raise_for_status()
+                body = resp.json()
+                if body.get("status") != "success":
+                    raise MetricsUnavailable(f"Prometheus: {body.get('error', 'query failed')}")
+                data = body["data"]
+                rows = [data["result"]] if data["resultType"] == "scalar" else [r["value"] for r in data["result"]]
+                total = sum(float(v[1]) for v in rows)
+        except (httpx.HTTPError, MetricsUnavailable, ValueError, KeyError, TypeError, IndexError) as exc:
+            return None, f"prometheus {self.url}: {type(exc).__name__}: {str(exc)[:200]}"
+        return (total, "") if math.isfinite(total) else (None, f"prometheus {self.url}: {total} is not a number")
 
     def read(self, targets: Sequence[Target]) -> Readings:
         if not targets:

@@ -34,6 +34,50 @@ def server_side_apply(api: client.ApiClient, obj: dict[str, Any]) -> Any:
     raise ValueError(f"kvscale does not apply {key}")
 
 
+def marker(obj: dict[str, Any]) -> str:
+    """What changes when someone else edits a child: its generation (spec changes; status writes do
+    not count), else a Service's resourceVersion (Services have no generation); a claim only exists."""
+    meta = obj.get("metadata") or {}
+    if meta.get("generation"):
+        return f"g{meta['generation']}"
+    if obj.get("kind") == "Service":
+        return f"r{meta.get('resourceVersion')}"
+    return "exists"
+
+
+_READERS: dict[str, tuple[str, str]] = {
+    "Deployment": ("AppsV1Api", "read_namespaced_deployment"),
+    "Service": ("CoreV1Api", "read_namespaced_service"),
+    "PodDisruptionBudget": ("PolicyV1Api", "read_namespaced_pod_disruption_budget"),
+    "PersistentVolumeClaim": ("CoreV1Api", "read_namespaced_persistent_volume_claim"),
+}
+
+
+def read_child(api: client.ApiClient, namespace: str, key: str) -> dict[str, Any] | None:
+    """A child by ``Kind/name`` as a plain dict, or None when it does not exist."""
+    kind, name = key.split("/", 1)
+    try:
+        if kind == "PodMonitor":
+            obj = client.CustomObjectsApi(api).get_namespaced_custom_object(
+                "monitoring.coreos.com", "v1", namespace, "podmonitors", name)
+            return obj if isinstance(obj, dict) else None
+        if kind not in _READERS:
+            return None
+        group, method = _READERS[kind]
+        out = getattr(getattr(client, group)(api), method)(name, namespace)
+        found: dict[str, Any] = api.sanitize_for_serialization(out)  # type: ignore[no-untyped-call]
+        return {**found, "kind": kind}
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def scale_deployment(api: client.ApiClient, namespace: str, name: str, replicas: int) -> None:
+    client.AppsV1Api(api).patch_namespaced_deployment_scale(
+        name, namespace, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER)
+
+
 def read_deployment(api: client.ApiClient, namespace: str, name: str) -> Any | None:
     try:
         return client.AppsV1Api(api).read_namespaced_deployment(name, namespace)
@@ -44,9 +88,14 @@ def read_deployment(api: client.ApiClient, namespace: str, name: str) -> Any | N
 
 
 def update_status(api: client.ApiClient, namespace: str, name: str, fields: dict[str, Any],
-                  condition_updates: Sequence[tuple[str, bool | str, str, str]], now: str, attempts: int = 5) -> bool:
+                  condition_updates: Sequence[tuple[str, bool | str, str, str]], now: str, attempts: int = 5,
+                  generation: int | None = None) -> bool:
     """Merge ``fields`` into .status and set conditions on the freshest copy (optimistic concurrency),
-    so writers of different conditions never erase each other's. Returns whether anything was written."""
+    so writers of different conditions never erase each other's. Returns whether anything was written.
+
+    ``generation``: the spec generation these conditions were decided on (default: the one read now);
+    a condition never claims to have seen a spec newer than the one it judged.
+    """
     from . import conditions as c
 
     for _ in range(attempts):
@@ -54,29 +103,27 @@ def update_status(api: client.ApiClient, namespace: str, name: str, fields: dict
         if obj is None:
             return False
         status = obj.get("status") or {}
-        gen = obj["metadata"].get("generation")
+        gen = generation if generation is not None else obj["metadata"].get("generation")
         conds = list(status.get("conditions") or [])
         new = conds
         for ctype, ok, reason, message in condition_updates:
             new = c.set_condition(new, ctype, ok, reason, message, gen, now)
+        new = c.set_condition(new, c.READY, *c.readiness(new), gen, now)
         changed = {k: v for k, v in fields.items() if status.get(k) != v}
+        if isinstance(changed.get("children"), dict):  # a merge patch keeps map keys it does not name
+            changed["children"] = {**{k: None for k in status.get("children") or {}}, **changed["children"]}
         if not changed and c.same_conditions(new, conds):
             return False
         body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
                 "status": {**changed, "conditions": new}}
         try:
             client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, body)
+                GROUP, VERSION, namespace, PLURAL, name, body, field_manager=FIELD_MANAGER)
             return True
         except ApiException as exc:
             if exc.status != 409:
                 raise
     raise RuntimeError(f"status of {namespace}/{name} kept changing under us ({attempts} conflicts)")
-
-
-def patch_llmd_status(api: client.ApiClient, namespace: str, name: str, status: dict[str, Any]) -> None:
-    client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, name, {"status": status})
 
 
 def read_llmd(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:

@@ -36,18 +36,24 @@ class PodView:
     # Running with its vLLM process alive but failing readiness (an overloaded server answers /health
     # late): scraped when it has served before, since it may hold most of the load
     unready: list[Target]
-    pending: int  # not yet serving: scheduled and starting, pulling, loading, restarting
+    pending: int  # not yet serving: scheduled, pulling, loading its model
     unschedulable: int
     unschedulable_reason: str
+    # broken rather than starting (CrashLoopBackOff, image errors, not Ready since it was killed): counted
+    # apart, so a replica that may never start does not hold scaling as "starting" forever
+    failed: int = 0
 
 
 def classify_pods(pods: list[dict[str, Any]], port: int) -> PodView:
     ready: list[Target] = []
     unready: list[Target] = []
-    pending, unschedulable, reason = 0, 0, ""
+    pending, unschedulable, failed, reason = 0, 0, 0, ""
     for p in pods:
         meta, st = p["metadata"], p.get("status") or {}
         if meta.get("deletionTimestamp"):
+            continue
+        if _container_failures(p):
+            failed += 1
             continue
         conds = {c["type"]: c for c in st.get("conditions") or []}
         sched = conds.get("PodScheduled")
@@ -64,7 +70,7 @@ def classify_pods(pods: list[dict[str, Any]], port: int) -> PodView:
             unready.append(target)
         else:
             pending += 1
-    return PodView(ready, unready, pending, unschedulable, reason)
+    return PodView(ready, unready, pending, unschedulable, reason, failed)
 
 
 def decision_record(d: Decision, now: str, applied: bool) -> dict[str, Any]:
@@ -101,27 +107,28 @@ def pod_failures(pods: list[dict[str, Any]]) -> list[str]:
     A container counts as failed while it waits in a failure state (CrashLoopBackOff, image errors) or
     is not Ready after a termination (OOMKilled, a non-zero exit); a Ready container has recovered.
     """
+    return sorted(line for p in pods if not p["metadata"].get("deletionTimestamp") for line in _container_failures(p))
+
+
+def _container_failures(pod: dict[str, Any]) -> list[str]:
     out = []
-    for p in pods:
-        if p["metadata"].get("deletionTimestamp"):
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("ready"):
             continue
-        for cs in (p.get("status") or {}).get("containerStatuses") or []:
-            if cs.get("ready"):
-                continue
-            waiting = ((cs.get("state") or {}).get("waiting") or {}).get("reason")
-            last = (cs.get("lastState") or {}).get("terminated") or {}
-            restarts = int(cs.get("restartCount") or 0)
-            if waiting not in FAILED_WAITING and not last:
-                continue
-            why = last.get("reason") or waiting or "Terminated"
-            parts = [f"pod {p['metadata']['name']} container {cs.get('name')}: {why}"]
-            if last.get("exitCode") is not None:
-                parts.append(f"exit code {last['exitCode']}")
-            if waiting and waiting != why:
-                parts.append(waiting)
-            parts.append(f"{restarts} restart{'s' if restarts != 1 else ''}")
-            out.append(", ".join(parts))
-    return sorted(out)
+        waiting = ((cs.get("state") or {}).get("waiting") or {}).get("reason")
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        restarts = int(cs.get("restartCount") or 0)
+        if waiting not in FAILED_WAITING and not last:
+            continue
+        why = last.get("reason") or waiting or "Terminated"
+        parts = [f"pod {pod['metadata']['name']} container {cs.get('name')}: {why}"]
+        if last.get("exitCode") is not None:
+            parts.append(f"exit code {last['exitCode']}")
+        if waiting and waiting != why:
+            parts.append(waiting)
+        parts.append(f"{restarts} restart{'s' if restarts != 1 else ''}")
+        out.append(", ".join(parts))
+    return out
 
 
 def failure_key(line: str) -> str:

@@ -14,13 +14,13 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
-from ..autoscaler.policy import PolicyState, decide
+from ..autoscaler.policy import PolicyState, activate, decide
 from ..autoscaler.snapshot import Snapshot
 from ..autoscaler.sources import MetricsSource, PodScrapeSource, PrometheusSource
 from ..estimator.gpus import GPUCatalog, load_catalog, load_prices
 from . import conditions as c
 from . import metrics
-from .apply import post_event, read_deployment, server_side_apply, update_status
+from .apply import FIELD_MANAGER, marker, post_event, read_child, scale_deployment, server_side_apply, update_status
 from .autoscale import (
     DELETION_COST,
     classify_pods,
@@ -36,7 +36,7 @@ from .autoscale import (
 from .discovery import free_gpus, gpu_options
 from .health import Liveness
 from .leadership import LeaseElector
-from .reconcile import Event, availability, parse_spec, reconcile
+from .reconcile import Event, Reconciliation, availability, child_key, parse_spec, reconcile
 from .render import INSTANCE_LABEL, selector_string
 from .resource import GROUP, KIND, PLURAL, VERSION, LLMDeploymentSpec, MetricsSourceType
 from .settings import OperatorSettings
@@ -58,6 +58,7 @@ class _State:
     objects: kopf.Index[tuple[str, str], dict[str, Any]] | None = None
     policy: dict[tuple[str, str], PolicyState] = {}  # noqa: RUF012
     serving: dict[tuple[str, str], set[str]] = {}  # noqa: RUF012  # pods that have answered at least once
+    applied: dict[tuple[str, str], dict[str, str]] = {}  # noqa: RUF012  # children markers from the last apply
     stop: threading.Event = threading.Event()
     worker: threading.Thread | None = None
     beat: float | None = None  # monotonic time the worker last began a pass
@@ -152,22 +153,51 @@ def _free_gpus(nodes: list[dict[str, Any]]) -> dict[str, list[int]] | None:
     return {g.name: free_gpus(nodes, bound, g) for g in _catalog().gpus}
 
 
+def _live_children(api: client.ApiClient, ns: str, status: dict[str, Any]) -> dict[str, str]:
+    """What exists now of what kvscale applied, as markers to compare with ``status.children``."""
+    out = {}
+    for key in status.get("children") or {}:
+        obj = read_child(api, ns, key)
+        if obj is not None:
+            out[key] = marker(obj)
+    return out
+
+
 def _reconcile(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, dict[str, Any]]) -> bool:
     meta, ns, name = body["metadata"], body["metadata"]["namespace"], body["metadata"]["name"]
     api = api_client()
-    exists = read_deployment(api, ns, name) is not None
+    status = dict(body.get("status", {}) or {})
     nodes = _nodes(gpu_nodes)
-    rec = reconcile(name, ns, meta["uid"], meta.get("generation", 1), dict(body.get("spec", {})),
-                    dict(body.get("status", {}) or {}), gpu_options(nodes, _catalog()), _catalog(),
-                    _now(), deployment_exists=exists, free_gpus=_free_gpus(nodes))
+    generation = int(meta.get("generation", 1))
+
+    def decide(free: dict[str, list[int]] | None) -> Reconciliation:
+        return reconcile(name, ns, meta["uid"], generation, dict(body.get("spec", {})), status,
+                         gpu_options(nodes, _catalog()), _catalog(), _now(),
+                         children=_live_children(api, ns, status), free_gpus=free)
+
+    rec = decide(None)
+    if rec.apply:  # the rollout strategy depends on free GPUs: list pods only when rendering
+        rec = decide(_free_gpus(nodes))
+    applied: dict[str, str] = {}
     for obj in rec.apply:
         try:
-            server_side_apply(api, obj)
+            done = server_side_apply(api, obj)
         except client.ApiException as exc:
             metrics.ERRORS.labels("apply").inc()
             raise kopf.TemporaryError(f"applying {obj['kind']} {name}: {exc.status} {exc.reason}", delay=15) from exc
+        found = done if isinstance(done, dict) else api.sanitize_for_serialization(done)  # type: ignore[no-untyped-call]
+        applied[child_key(obj)] = marker({**found, "kind": obj["kind"]})
+    if applied:
+        STATE.applied[(ns, name)] = applied
+        rec.status["children"] = applied
+    if rec.scale is not None:
+        try:
+            scale_deployment(api, ns, name, rec.scale)
+        except client.ApiException as exc:
+            rec.status.pop("desiredReplicas", None)  # never claim a count that was not applied
+            log.warning("could not scale Deployment %s/%s to %d: %s", ns, name, rec.scale, exc.reason)
     if rec.status or rec.conditions:
-        update_status(api, ns, name, rec.status, rec.conditions, _now())
+        update_status(api, ns, name, rec.status, rec.conditions, _now(), generation=generation)
     _post(body, rec.events)
     if rec.plan_changed:
         metrics.PLAN_CHANGES.inc()
@@ -257,10 +287,49 @@ def stop_worker(**_: Any) -> None:
         STATE.worker.join(timeout=10)
 
 
+def _indexed(ns: str, name: str) -> dict[str, Any] | None:
+    if STATE.objects is None:
+        return None
+    items = list(STATE.objects.get((ns, name), []))
+    return items[-1] if items else None
+
+
+def restore_if_drifted(kind: str, body: kopf.Body, event_type: str | None) -> None:
+    """A child kvscale applied was deleted or changed by another client: apply it again now."""
+    owners = [o for o in body["metadata"].get("ownerReferences", []) if o.get("kind") == KIND]
+    if not owners or STATE.nodes is None:
+        return
+    ns, owner = body["metadata"]["namespace"], owners[0]["name"]
+    parent = _indexed(ns, owner)
+    if parent is None or parent["metadata"].get("deletionTimestamp"):
+        return  # the owner is going: garbage collection removes its children
+    key = f"{kind}/{body['metadata']['name']}"
+    want = (STATE.applied.get((ns, owner)) or (parent.get("status") or {}).get("children") or {}).get(key)
+    have = None if event_type == "DELETED" else marker({**body, "kind": kind})
+    if want is not None and have != want:
+        log.info("%s/%s %s (%s, applied as %s): restoring", ns, key, "deleted" if have is None else "changed",
+                 have, want)
+        _reconcile(parent, STATE.nodes)
+
+
+@kopf.on.event("", "v1", "services", labels={INSTANCE_LABEL: kopf.PRESENT})
+def service_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+    STATE.nodes, STATE.objects = kwargs["gpu_nodes"], kwargs["llmdeployments"]
+    restore_if_drifted("Service", body, type)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={INSTANCE_LABEL: kopf.PRESENT})
+def pdb_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+    STATE.nodes, STATE.objects = kwargs["gpu_nodes"], kwargs["llmdeployments"]
+    restore_if_drifted("PodDisruptionBudget", body, type)
+
+
 @kopf.on.event("apps", "v1", "deployments", labels={INSTANCE_LABEL: kopf.PRESENT})
 def deployment_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-    """Mirror the vLLM Deployment's progress into the owning LLMDeployment's status (only on change)."""
+    """Restore the vLLM Deployment if someone else changed it; mirror its progress into the owning
+    LLMDeployment's status (only on change)."""
     STATE.nodes, STATE.objects = kwargs["gpu_nodes"], kwargs["llmdeployments"]
+    restore_if_drifted("Deployment", body, type)
     owners = [o for o in body["metadata"].get("ownerReferences", []) if o.get("kind") == KIND]
     if not owners or type == "DELETED":
         return
@@ -271,21 +340,30 @@ def deployment_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None
     seen = int(st.get("observedGeneration") or 0) >= int(body["metadata"].get("generation") or 0)
     ok, reason, message = availability(ready, desired, updated, seen)
     rolling = not (ready >= desired and updated >= desired and seen)
-    updates = [(c.AVAILABLE, ok, reason, message),
-               (c.PROGRESSING, rolling, "Rollout" if rolling else "Complete", message)]
+    progress: tuple[str, bool, str, str] = (c.PROGRESSING, rolling, "Rollout" if rolling else "Complete", message)
+    for cond in st.get("conditions") or []:  # a stuck rollout, as the Deployment controller reports it
+        stuck = cond.get("reason") if cond.get("reason") in c.STUCK else (
+            "ReplicaFailure" if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True" else None)
+        if stuck:
+            progress = (c.PROGRESSING, False, stuck, f"{cond.get('message', '')} ({message})")
+    updates = [(c.AVAILABLE, ok, reason, message), progress]
     fields = {"replicas": int(st.get("replicas") or 0), "readyReplicas": ready}
     update_status(api_client(), ns, name, fields, updates, _now())
     metrics.ACTUAL.labels(ns, name).set(ready)
 
 
-def _source(spec: LLMDeploymentSpec, namespace: str) -> MetricsSource:
+def _prometheus(spec: LLMDeploymentSpec, namespace: str) -> PrometheusSource:
     m = spec.autoscaling.metrics
-    if m.type is MetricsSourceType.PROMETHEUS:
-        token = None
-        if m.bearer_token_secret:
-            secret = client.CoreV1Api(api_client()).read_namespaced_secret(m.bearer_token_secret, namespace)
-            token = base64.b64decode((secret.data or {}).get("token", "")).decode() or None
-        return PrometheusSource(url=m.prometheus_url or "", bearer_token=token)
+    token = None
+    if m.bearer_token_secret:
+        secret = client.CoreV1Api(api_client()).read_namespaced_secret(m.bearer_token_secret, namespace)
+        token = base64.b64decode((secret.data or {}).get("token", "")).decode() or None
+    return PrometheusSource(url=m.prometheus_url or "", bearer_token=token)
+
+
+def _source(spec: LLMDeploymentSpec, namespace: str) -> MetricsSource:
+    if spec.autoscaling.metrics.type is MetricsSourceType.PROMETHEUS:
+        return _prometheus(spec, namespace)
     return PodScrapeSource()
 
 
@@ -313,13 +391,22 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     pending = view.pending + len(view.unready) - len(served_unready) + len(readings.missing) - len(missing)
     errors = tuple(e for e in readings.errors if e.split(":", 1)[0] in missing) or (
         readings.errors if not readings.metrics else ())
-    current = spec.replicas if spec.replicas is not None else int(status.get("desiredReplicas") or 1)
+    # what the Deployment was last given (status.desiredReplicas is written only when applied, so dry-run
+    # advice never feeds back as the fleet's size); a planned 0 stays 0
+    applied = spec.replicas if spec.replicas is not None else status.get("desiredReplicas")
+    current = int(applied) if applied is not None else 1
     snap = Snapshot(now=time.time(), replicas=current, ready=readings.metrics, missing=missing,
                     pending=pending, unschedulable=view.unschedulable,
-                    unschedulable_reason=view.unschedulable_reason, errors=errors)
+                    unschedulable_reason=view.unschedulable_reason, failed=view.failed, errors=errors)
     state = STATE.policy.get(key, PolicyState())
     state, decision = decide(snap, state, policy_spec(spec.autoscaling))
-    STATE.policy[key] = state
+    act = spec.autoscaling.activation
+    activation_error = ""
+    if act is not None and (decision.current == 0 or decision.desired == 0):
+        demand, activation_error = _prometheus(spec, ns).value(act.query)
+        decision = activate(decision, demand, act.threshold, spec.autoscaling.min_replicas)
+        if demand is not None:
+            metrics.ACTIVATION.labels(ns, name).set(demand)
     for pod, cost in deletion_costs(pod_dicts, readings.metrics).items():
         try:  # before any scale-down below, so the ReplicaSet removes the emptiest replica
             client.CoreV1Api(api).patch_namespaced_pod(pod, ns, {"metadata": {"annotations": {DELETION_COST: cost}}})
@@ -328,7 +415,7 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
 
     now = _now()
     dry = spec.autoscaling.dry_run
-    fields: dict[str, Any] = {"desiredReplicas": decision.desired}
+    fields: dict[str, Any] = {"recommendedReplicas": decision.desired}
     kv = mean_kv(readings.metrics)
     if kv is not None:
         fields["kvCacheUtilization"] = f"{kv:.0%}"
@@ -337,7 +424,8 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     if check:
         fields["estimatorCheck"] = check
         metrics.ESTIMATOR_ERROR.labels(ns, name).set(check["errorPercent"] / 100)
-    ok = not missing and (bool(readings.metrics) or not targets)
+    ok = not missing and (bool(readings.metrics) or not targets) and not activation_error
+    errors = (*errors, activation_error) if activation_error else errors
     updates = [(c.METRICS_AVAILABLE, ok, "MetricsRead" if ok else "MetricsMissing",
                 "; ".join(errors)[:900] or f"read {len(readings.metrics)} replica(s), {pending} starting")]
     updates.append((c.SCALING_LIMITED, bool(decision.limited), "Limited" if decision.limited else "NotLimited",
@@ -358,10 +446,11 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
         record = decision_record(decision, now, applied=changes and not dry)
         fields["lastDecision"] = record
         fields["history"] = with_history(status.get("history"), record)
-    if changes and not dry:
+    if changes and not dry:  # raises on failure: then neither the policy state nor the status moves
         client.CustomObjectsApi(api).patch_namespaced_custom_object_scale(
-            GROUP, VERSION, ns, PLURAL, name, {"spec": {"replicas": decision.desired}})
-    update_status(api, ns, name, fields, updates, now)
+            GROUP, VERSION, ns, PLURAL, name, {"spec": {"replicas": decision.desired}}, field_manager=FIELD_MANAGER)
+    STATE.policy[key] = state  # committed once what it records (a scale-down time, panic) has happened
+    update_status(api, ns, name, fields, updates, now, generation=int(meta.get("generation") or 0) or None)
     if changes:
         reason = ("ScaleRecommended" if dry else "ScaledUp" if decision.direction == "up" else "ScaledDown")
         _post(body, [Event("Normal", reason, decision.reason)])

@@ -18,3 +18,4 @@ LEADER = Gauge("kvscale_leader", "1 while this replica is the active one (holds 
 PERIODIC_FAILURES = Counter("kvscale_periodic_failures_total",
                             "Periodic work that raised (the traceback is logged)", ["stage"])
 PASS_SECONDS = Gauge("kvscale_periodic_pass_seconds", "Duration of the last periodic pass over all objects")
+ACTIVATION = Gauge("kvscale_activation_value", "Last value of autoscaling.activation's query", ["namespace", "name"])

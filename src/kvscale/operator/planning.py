@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from ..estimator.catalog import resolve_model
 from ..estimator.errors import EstimatorError
 from ..estimator.gpus import GIB, GPUCatalog
 from ..estimator.planner import GPUOption, Plan, PlanRequest, PlanResult, Preference, plan
+from ..estimator.quantization import Quantization
 from .discovery import allowed_options
 from .resource import Alternative, LLMDeploymentSpec, PlanStatus
 
@@ -64,6 +66,26 @@ def decide_plan(spec: LLMDeploymentSpec, available: dict[str, GPUOption], catalo
                        f"{best.gpu} x{best.tensor_parallel_size} ({best.quantization.value}): "
                        f"{best.memory.kv_cache_tokens:,} KV tokens, {best.memory.max_concurrency:.1f} sequences of "
                        f"{spec.serving.max_model_len:,} tokens per replica")
+
+
+def keep_plan(spec: LLMDeploymentSpec, current: dict[str, Any], catalog: GPUCatalog) -> PlanOutcome:
+    """The plan recorded in status, made again for the same spec: its GPU type, TP degree and
+    quantization, with no regard to which nodes are Ready now (pure).
+
+    A scale or a restart must not move the fleet: the planner is asked for exactly that layout, so
+    memory figures and vLLM flags come out as they were. Not ok when it no longer fits (a changed
+    GPU catalog): then the caller plans from scratch.
+    """
+    try:
+        gpu = catalog.get(str(current["gpu"]))
+        tp = int(current["tensorParallelSize"])
+        quant = Quantization(str(current["quantization"]))
+    except (KeyError, ValueError, TypeError):
+        return PlanOutcome(None, None, "PlanUnreadable", "status.plan cannot be read back")
+    placement = spec.placement.model_copy(update={
+        "gpu_types": [gpu.name], "tensor_parallel_size": tp, "quantization": [quant]})
+    return decide_plan(spec.model_copy(update={"placement": placement}),
+                       {gpu.name: GPUOption(gpu=gpu, gpus_per_node=max(tp, 1), nodes=None)}, catalog)
 
 
 def plan_status(p: Plan, catalog: GPUCatalog) -> PlanStatus:

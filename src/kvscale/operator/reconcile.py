@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +16,7 @@ from . import conditions as c
 from .engine_args import conflicting_args
 from .image_version import release_check
 from .model_source import model_source, uri_error
-from .planning import alternatives, decide_plan, plan_hash, plan_status, rejected
+from .planning import alternatives, decide_plan, keep_plan, plan_hash, plan_status, rejected
 from .render import desired_replicas, render, selector_string, vllm_image
 from .resource import LLMDeploymentSpec
 
@@ -33,6 +36,7 @@ class Reconciliation:
     events: list[Event] = field(default_factory=list)
     planned: bool = False
     plan_changed: bool = False
+    scale: int | None = None  # replicas to set on the existing Deployment without re-rendering it
 
 
 def parse_spec(spec: dict[str, Any]) -> LLMDeploymentSpec | str:
@@ -55,11 +59,40 @@ def spec_error(name: str, spec: LLMDeploymentSpec) -> tuple[str, str] | None:
     return None
 
 
+#: how long the planned GPU type may be missing from every Ready node (a drained node pool, a zone
+#: outage, nodes cordoned for maintenance) before kvscale re-plans onto another type: long enough that
+#: a node restart or an upgrade's cordon-and-drain does not roll the whole fleet to other GPUs
+REPLAN_GRACE_S = 300.0
+
+
+def spec_hash(raw_spec: dict[str, Any]) -> str:
+    """The spec as the planner sees it: ``replicas`` is the scaler's, and changing it never re-plans."""
+    key = json.dumps({k: v for k, v in raw_spec.items() if k != "replicas"}, sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def child_key(obj: dict[str, Any]) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _elapsed_s(since: str, now: str) -> float:
+    try:
+        return (dt.datetime.fromisoformat(now) - dt.datetime.fromisoformat(since)).total_seconds()
+    except ValueError:
+        return 0.0
+
+
 def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: dict[str, Any],
               status: dict[str, Any], available: dict[str, GPUOption], catalog: GPUCatalog, now: str,
-              deployment_exists: bool = True, free_gpus: dict[str, list[int]] | None = None) -> Reconciliation:
+              children: dict[str, str] | None = None, free_gpus: dict[str, list[int]] | None = None,
+              ) -> Reconciliation:
     """Decide what this LLMDeployment needs. Writes nothing when nothing changed.
 
+    The plan is made once per spec: a scale, a node going away or a restart keeps it (the same GPU
+    type, TP degree and quantization, whatever nodes are Ready at that moment). It changes when the
+    spec does, or when no Ready node has offered its GPU type for ``REPLAN_GRACE_S``.
+    ``children``: what exists now of what kvscale applied (``Kind/name`` -> generation or resourceVersion);
+    anything that differs from ``status.children`` was deleted or edited and is applied again.
     ``free_gpus``: unrequested GPUs per node by GPU type, to choose how a change rolls out.
     """
     out = Reconciliation()
@@ -77,13 +110,29 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     assert not isinstance(parsed, str)
     spec = parsed
 
-    outcome = decide_plan(spec, available, catalog)
+    current: dict[str, Any] = status.get("plan") or {}
+    key = spec_hash(raw_spec)
+    outcome = keep_plan(spec, current, catalog) if current and status.get("specHash") == key else None
+    since = status.get("planUnavailableSince")
+    gone = outcome is not None and outcome.ok and current.get("gpu") not in available
+    if gone and since and _elapsed_s(since, now) >= REPLAN_GRACE_S:
+        out.events.append(Event("Warning", "Replanning", f"no Ready node has offered {current.get('gpu')} for "
+                                f"{_elapsed_s(since, now):.0f} s (grace {REPLAN_GRACE_S:.0f} s): planning again"))
+        outcome = None
+    if outcome is None or not outcome.ok:
+        outcome = decide_plan(spec, available, catalog)
     if not outcome.ok:
         new = c.set_condition(conds, c.PLANNED, False, outcome.reason, outcome.message, generation, now)
+        # the running fleet stays as it is: a spec it cannot meet now must not take down what serves
+        replicas = spec.replicas
+        if current and replicas is not None and replicas != status.get("desiredReplicas"):
+            out.scale = replicas
+            out.status["desiredReplicas"] = replicas
         if not c.same_conditions(new, conds) or status.get("observedGeneration") != generation:
-            out.status = {"observedGeneration": generation, "rejected": rejected(outcome.result)}
+            out.status |= {"observedGeneration": generation, "rejected": rejected(outcome.result)}
             out.conditions = [(c.PLANNED, False, outcome.reason, outcome.message)]
-            out.events.append(Event("Warning", outcome.reason, outcome.message))
+            if not any(e.reason == outcome.reason for e in out.events):
+                out.events.append(Event("Warning", outcome.reason, outcome.message))
         return out
 
     assert outcome.plan is not None and outcome.result is not None
@@ -91,7 +140,16 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     h = plan_hash(p)
     out.planned = True
     out.plan_changed = status.get("planHash") != h
-    unchanged = (not out.plan_changed and status.get("observedGeneration") == generation and deployment_exists)
+    gone = p.gpu not in available and not out.plan_changed
+    since_now = (since or now) if gone else None
+    if since_now != since:
+        out.status["planUnavailableSince"] = since_now
+        if gone:
+            out.events.append(Event("Warning", "PlanUnavailable", f"no Ready node offers {p.gpu}: the plan is "
+                                    f"kept, and re-made after {REPLAN_GRACE_S:.0f} s unless one returns"))
+    recorded = dict(status.get("children") or {})
+    drifted = not recorded or (children is not None and any(children.get(k) != v for k, v in recorded.items()))
+    unchanged = not out.plan_changed and status.get("observedGeneration") == generation and not drifted
     replicas = desired_replicas(spec, p)
     if unchanged:
         return out
@@ -101,15 +159,20 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     out.conditions = [(c.PLANNED, True, "Planned", outcome.message), (c.VERSION_MATCHED, version, why, message)]
     if out.plan_changed:
         out.conditions.append((c.PROGRESSING, True, "Rollout", f"rolling out {p.summary()}"))
-    out.status = {
+    out.status |= {
         "observedGeneration": generation,
         "plan": plan_status(p, catalog).model_dump(by_alias=True),
-        "planHash": h, "alternatives": [a.model_dump(by_alias=True) for a in alternatives(outcome.result)],
+        "planHash": h, "specHash": key,
+        "alternatives": [a.model_dump(by_alias=True) for a in alternatives(outcome.result)],
         "rejected": rejected(outcome.result), "selector": selector_string(name),
         "desiredReplicas": replicas,
     }
     if out.plan_changed:
         out.events.append(Event("Normal", "Planned", outcome.message))
+    elif drifted and recorded and children is not None:
+        lost = sorted(k for k, v in recorded.items() if children.get(k) != v)
+        out.events.append(Event("Warning", "ChildRestored", f"{', '.join(lost)} deleted or changed by another "
+                                "client: applied again"))
     return out
 
 

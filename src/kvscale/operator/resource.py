@@ -149,12 +149,22 @@ class MetricsSource(_Model):
         "Secret (key 'token') with a bearer token for Prometheus."))
 
 
+class Activation(_Model):
+    """Demand seen where no replica runs, so a model at zero replicas can come back (KEDA's activation)."""
+
+    query: str = Field(min_length=1, max_length=2048, description=(
+        "PromQL whose value is the demand for this model while it has no replica, e.g. the request rate or "
+        "the requests waiting at the gateway or ingress in front of it. Read from metrics.prometheusURL."))
+    threshold: float = Field(default=0.0, ge=0, description=(
+        "Above this value a model at zero replicas gets one; while it is above, the last replica stays."))
+
+
 class Autoscaling(_Model):
     enabled: bool = Field(default=True, description="Scale replicas on KV-cache utilization.")
     dry_run: bool = Field(default=False, alias="dryRun", description=(
         "Record decisions in status and Events without changing replicas."))
     min_replicas: int = Field(default=1, alias="minReplicas", ge=0, le=1000, description=(
-        "Lower bound; 0 allows scale to zero when idle."))
+        "Lower bound; 0 allows scale to zero when idle (needs activation)."))
     max_replicas: int = Field(default=4, alias="maxReplicas", ge=1, le=1000, description="Upper bound.")
     target_kv_cache_utilization: float = Field(default=0.7, alias="targetKVCacheUtilization", gt=0, le=1,
                                                description="KV-cache usage per replica to hold, in (0, 1].")
@@ -183,6 +193,8 @@ class Autoscaling(_Model):
         "time, the replica count they reached is kept until this long after the latest, and restored when "
         "a burst returns after a scale-down. 0 disables."))
     metrics: MetricsSource = Field(default_factory=MetricsSource, description="Where KV-cache metrics come from.")
+    activation: Activation | None = Field(default=None, description=(
+        "How a model scaled to zero sees new demand (required with minReplicas 0)."))
 
 
 class RolloutStrategy(StrEnum):
@@ -252,9 +264,12 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     "spec.autoscaling": [
         {"rule": "self.minReplicas <= self.maxReplicas",
          "message": "autoscaling.minReplicas must be <= autoscaling.maxReplicas"},
-        {"rule": "self.minReplicas > 0 || (has(self.metrics) && self.metrics.type == 'prometheus')",
-         "message": "autoscaling.minReplicas 0 needs metrics.type prometheus: with no replica left, only a "
-                    "Prometheus query can see new demand"},
+        {"rule": "self.minReplicas > 0 || has(self.activation)",
+         "message": "autoscaling.minReplicas 0 needs autoscaling.activation: at zero replicas no vLLM runs to "
+                    "report load, so only a demand signal from in front of it (a gateway's requests, in "
+                    "Prometheus) can bring the model back"},
+        {"rule": "!has(self.activation) || (has(self.metrics) && has(self.metrics.prometheusURL))",
+         "message": "autoscaling.activation is a Prometheus query: set autoscaling.metrics.prometheusURL"},
         {"rule": "!has(self.metrics) || self.metrics.type != 'prometheus' || has(self.metrics.prometheusURL)",
          "message": "autoscaling.metrics.prometheusURL is required when metrics.type is prometheus"},
     ],
@@ -337,11 +352,21 @@ class LLMDeploymentStatus(_Model):
     conditions: list[Condition] = Field(default_factory=list)
     plan: PlanStatus | None = None
     plan_hash: str | None = Field(default=None, alias="planHash")
+    spec_hash: str | None = Field(default=None, alias="specHash", description=(
+        "The spec (replicas aside) the plan was made for: a spec change re-plans, a scale does not."))
+    plan_unavailable_since: str | None = Field(default=None, alias="planUnavailableSince", description=(
+        "Since when no Ready node offers the planned GPU type; past a grace period kvscale re-plans."))
+    children: dict[str, str] = Field(default_factory=dict, description=(
+        "What kvscale applied (Kind/name -> generation or resourceVersion read back): a child that is "
+        "deleted or edited by someone else no longer matches, and is restored."))
     alternatives: list[Alternative] = Field(default_factory=list, max_length=10)
     rejected: list[str] = Field(default_factory=list, max_length=20, description="Why other options were rejected.")
     replicas: int | None = None
     ready_replicas: int | None = Field(default=None, alias="readyReplicas")
-    desired_replicas: int | None = Field(default=None, alias="desiredReplicas")
+    desired_replicas: int | None = Field(default=None, alias="desiredReplicas", description=(
+        "Replicas kvscale last set on the vLLM Deployment."))
+    recommended_replicas: int | None = Field(default=None, alias="recommendedReplicas", description=(
+        "Replicas the autoscaler last recommended (applied unless autoscaling.dryRun)."))
     selector: str | None = Field(default=None, description="Label selector of the vLLM pods (scale subresource).")
     kv_cache_utilization: str | None = Field(default=None, alias="kvCacheUtilization")
     last_decision: Decision | None = Field(default=None, alias="lastDecision")
