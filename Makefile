@@ -59,10 +59,11 @@ test: venv binaries vllm-env system-deps images lint typecheck
 ## Regenerate what is generated: the CRD (top level and chart copy) and the kustomize base.
 crds: venv
 	$(VENV)/bin/kvscale crd -o crds/kvscale.io_llmdeployments.yaml
-	cp crds/kvscale.io_llmdeployments.yaml charts/kvscale/crds/
+	cp crds/kvscale.io_llmdeployments.yaml charts/kvscale/files/
 
 deploy-manifests: venv binaries
 	"$$($(PY) -m kvscale.testing.binaries --which helm)" template kvscale charts/kvscale -n kvscale-system \
+		--set crds.install=false \
 		> deploy/base/kvscale.yaml
 
 bench: venv

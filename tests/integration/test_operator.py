@@ -302,3 +302,63 @@ def test_a_scale_keeps_the_plan_when_its_nodes_are_cordoned(api, namespace: str,
     finally:
         for n in cordoned:
             core.patch_node(n, {"spec": {"unschedulable": False}})
+
+
+def test_an_object_kvscale_did_not_create_is_not_taken_over(api, namespace: str, operator) -> None:  # type: ignore[no-untyped-def]
+    apps = client.AppsV1Api(api)
+    labels = {"app": "theirs"}
+    apps.create_namespaced_deployment(namespace, {
+        "metadata": {"name": "theirs", "labels": labels},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": "their/app:1"}]}}}})
+    create(api, namespace, llmd("theirs", model="Qwen/Qwen2.5-7B-Instruct", max_len=8192, gpus=["L4"], concurrency=2))
+    obj = wait_for(lambda: (o := get(api, namespace, "theirs")) and condition(o, "Planned") and o, what="Planned")
+    cond = condition(obj, "Planned")
+    assert (cond["status"], cond["reason"]) == ("False", "NotOwned") and "Deployment/theirs" in cond["message"]
+    time.sleep(4)
+    dep = apps.read_namespaced_deployment("theirs", namespace)
+    assert dep.spec.template.spec.containers[0].image == "their/app:1" and not dep.metadata.owner_references
+    # once the user's object is gone, kvscale applies its own (the unplanned are retried)
+    apps.delete_namespaced_deployment("theirs", namespace)
+    wait_for(lambda: (d := apps.read_namespaced_deployment("theirs", namespace)).metadata.owner_references
+             and d.metadata.owner_references[0].kind == "LLMDeployment", timeout=90, what="kvscale's Deployment")
+
+
+def test_prometheus_outside_the_allowlist_or_an_unlabelled_secret_is_refused(  # type: ignore[no-untyped-def]
+        api, namespace: str, operator) -> None:
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Trap(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.headers.get("Authorization") or "")
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    trap = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Trap)  # loopback, but not the allowed 127.0.0.1
+    threading.Thread(target=trap.serve_forever, daemon=True).start()
+    core = client.CoreV1Api(api)
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "tok"}, "stringData": {"token": "s3cr3t"}})
+    try:
+        for name, url, why in (("far", f"http://127.0.0.2:{trap.server_address[1]}", "not among the Prometheus URLs"),
+                               ("near", "http://127.0.0.1:9", "lacks the label kvscale.io/prometheus-token=true")):
+            body = llmd(name, model="Qwen/Qwen2.5-0.5B-Instruct", max_len=4096, gpus=["L4"], concurrency=1)
+            body["spec"]["autoscaling"] = {"metrics": {"type": "prometheus", "prometheusURL": url,
+                                                       "bearerTokenSecret": "tok"}}
+            create(api, namespace, body)
+            obj = wait_for(lambda n=name: (o := get(api, namespace, n)) and condition(o, "MetricsAvailable") and o,
+                           what=f"{name}: MetricsAvailable")
+            cond = condition(obj, "MetricsAvailable")
+            assert (cond["status"], cond["reason"]) == ("False", "PrometheusRefused") and why in cond["message"]
+        time.sleep(4)
+        assert hits == [], "a request (and a token) went to a Prometheus the operator does not allow"
+        log = operator.log_path.read_text()
+        assert "s3cr3t" not in log
+    finally:
+        trap.shutdown()
+        trap.server_close()

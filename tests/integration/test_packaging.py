@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -39,13 +40,53 @@ def helm(cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.Co
                           capture_output=True, text=True, check=check)
 
 
-def test_chart_crd_is_the_generated_crd() -> None:
-    assert (CHART / "crds" / "kvscale.io_llmdeployments.yaml").read_text() == \
+def test_chart_crd_is_the_generated_crd(own_cluster: LocalCluster) -> None:
+    assert (CHART / "files" / "kvscale.io_llmdeployments.yaml").read_text() == \
         (REPO / "crds" / "kvscale.io_llmdeployments.yaml").read_text()
+    docs = list(yaml.safe_load_all(helm(own_cluster, "template", "kvscale", str(CHART), "-n", NS).stdout))
+    crd = next(d for d in docs if d and d["kind"] == "CustomResourceDefinition")
+    assert crd["spec"] == yaml.safe_load((REPO / "crds" / "kvscale.io_llmdeployments.yaml").read_text())["spec"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    off = helm(own_cluster, "template", "kvscale", str(CHART), "-n", NS, "--set", "crds.install=false").stdout
+    assert "CustomResourceDefinition" not in off
+
+
+def test_helm_upgrade_upgrades_the_crd(tmp_path: Path) -> None:
+    """An upgrade that adds a field: before it the field is refused, after it the field is stored."""
+    c = LocalCluster(fleet=(NodePool(gpu="L4", nodes=1, gpus_per_node=1),), workdir=tmp_path / "cluster")
+    c.start()
+    try:
+        old = tmp_path / "old-chart"
+        shutil.copytree(CHART, old)
+        crd_file = old / "files" / "kvscale.io_llmdeployments.yaml"
+        crd = yaml.safe_load(crd_file.read_text())
+        placement = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+            "placement"]["properties"]
+        del placement["priorityClassName"]  # the field this upgrade adds
+        crd_file.write_text(yaml.safe_dump(crd, sort_keys=False))
+        assert "STATUS: deployed" in helm(c, "install", "kvscale", str(old), "-n", NS, "--create-namespace").stdout
+        c.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.kvscale.io", "--timeout=60s")
+        c.kubectl("create", "namespace", "apps")
+        with_field = LLMD.replace("placement: {gpuTypes: [L4]}", "placement: {gpuTypes: [L4], priorityClassName: hi}")
+
+        def stored() -> str:
+            return c.kubectl("get", "llmd", "small", "-n", "apps", "-o",
+                             "jsonpath={.spec.placement.priorityClassName}").stdout
+
+        before = c.kubectl("apply", "-f", "-", input=with_field, check=False)
+        assert before.returncode != 0 and 'unknown field "spec.placement.priorityClassName"' in before.stderr
+        assert "STATUS: deployed" in helm(c, "upgrade", "kvscale", str(CHART), "-n", NS).stdout
+        wait_for(lambda: c.kubectl("apply", "-f", "-", input=with_field, check=False).returncode == 0 and stored(),
+                 30, "the upgraded CRD to store the new field")
+        assert stored() == "hi"
+        helm(c, "uninstall", "kvscale", "-n", NS)
+        assert c.kubectl("get", "llmd", "small", "-n", "apps").returncode == 0, "uninstall kept the CRD and objects"
+    finally:
+        c.stop()
 
 
 def test_kustomize_base_is_the_rendered_chart(own_cluster: LocalCluster) -> None:
-    rendered = helm(own_cluster, "template", "kvscale", str(CHART), "-n", NS).stdout
+    rendered = helm(own_cluster, "template", "kvscale", str(CHART), "-n", NS, "--set", "crds.install=false").stdout
     assert rendered == (REPO / "deploy" / "base" / "kvscale.yaml").read_text(), "run `make deploy-manifests`"
 
 

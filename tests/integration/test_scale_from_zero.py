@@ -9,12 +9,17 @@ import pytest
 from kubernetes import client
 
 from kvscale.operator.resource import GROUP, PLURAL, VERSION
+from kvscale.testing import waiting
 from kvscale.testing.metrics_page import PodPages, serve_page
 from kvscale.testing.prometheus import PrometheusServer
 from kvscale.testing.vllm_server import free_port
-from kvscale.testing.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
+
+
+def wait_for(pred: Any, timeout: float, what: str) -> Any:
+    return waiting.wait_for(pred, timeout, what, not_yet=lambda e: isinstance(e, client.ApiException)
+                            and e.status == 404)
 
 IDLE = ('vllm:kv_cache_usage_perc{engine="0"} 0.0\nvllm:num_requests_running{engine="0"} 0\n'
         'vllm:num_requests_waiting{engine="0"} 0\nvllm:num_preemptions_total{engine="0"} 0\n')

@@ -200,6 +200,7 @@ def test_helm_installed_operator_runs_as_a_real_pod_and_reconciles(real_cluster:
     ns = real_namespace
     helm = ensure_binaries().path("helm")
     values = {"watchNamespaces": [ns], "autoscaleIntervalSeconds": 5, "logFormat": "plain",
+              "crds": {"install": False},  # the cluster has it already, applied apart from any release
               # the real nodes are GPU nodes (tainted); a CPU node pool would need no toleration
               "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
     (tmp_path / "values.json").write_text(json.dumps(values))
@@ -209,7 +210,7 @@ def test_helm_installed_operator_runs_as_a_real_pod_and_reconciles(real_cluster:
     import subprocess
 
     release = f"kvscale-{ns[-5:]}"
-    out = subprocess.run([helm, "install", release, str(repo / "charts" / "kvscale"), "-n", ns, "--skip-crds",
+    out = subprocess.run([helm, "install", release, str(repo / "charts" / "kvscale"), "-n", ns,
                           "-f", str(tmp_path / "values.json"), "--wait", "--timeout", "180s"],
                          env=env, capture_output=True, text=True)
     try:

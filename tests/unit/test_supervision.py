@@ -107,3 +107,45 @@ def test_slow_pods_time_out_without_delaying_the_others() -> None:
     assert sorted(got.missing) == [f"slow-{i}" for i in range(4)]
     assert all("Timeout" in e for e in got.errors)
     assert elapsed < 3.0, f"four 1 s timeouts read one after another would take 4 s; took {elapsed:.1f} s"
+
+
+ALLOWED = ("http://prometheus.monitoring.svc:9090", "https://thanos.example.com/api/prom", "http://127.0.0.1")
+
+
+@pytest.mark.parametrize(("url", "ok"), [
+    ("http://prometheus.monitoring.svc:9090", True),
+    ("http://prometheus.monitoring.svc:9090/", True),
+    ("https://thanos.example.com/api/prom/tenant-a", True),
+    ("http://127.0.0.1:41234", True),  # an entry without a port allows any
+    ("http://prometheus.monitoring.svc:9091", False),  # another port
+    ("https://prometheus.monitoring.svc:9090", False),  # another scheme
+    ("https://thanos.example.com/api/prometheus", False),  # a sibling path, not under the entry's
+    ("http://prometheus.monitoring.svc:9090@evil.example/", False),  # userinfo, then another host
+    ("http://evil.example/?u=http://prometheus.monitoring.svc:9090", False),
+    ("file:///etc/passwd", False),
+    ("http://169.254.169.254/latest/meta-data", False),  # cloud metadata: never unless listed
+])
+def test_prometheus_urls_must_be_allowed_by_the_operator(url: str, ok: bool) -> None:
+    from kvscale.operator.prometheus_access import url_error
+
+    error = url_error(url, ALLOWED)
+    assert (error is None) is ok, error
+    if not ok:
+        assert error is not None and "spec.autoscaling.metrics.prometheusURL" in error
+
+
+def test_no_prometheus_is_allowed_until_the_operator_lists_one() -> None:
+    from kvscale.operator.prometheus_access import url_error
+
+    error = url_error("http://prometheus.monitoring.svc:9090", ())
+    assert error is not None and "KVSCALE_PROMETHEUS_URLS" in error
+
+
+def test_secrets_opt_in_and_tokens_stay_out_of_reprs() -> None:
+    from kvscale.autoscaler.sources import PrometheusSource
+    from kvscale.operator.prometheus_access import SECRET_OPT_IN, secret_error
+
+    assert secret_error("tok", {SECRET_OPT_IN: "true"}) is None
+    assert "lacks the label" in (secret_error("tok", {"app": "x"}) or "")
+    assert secret_error("tok", None) is not None
+    assert "s3cr3t" not in repr(PrometheusSource(url="http://p:9090", bearer_token="s3cr3t"))

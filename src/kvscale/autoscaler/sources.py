@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import httpx
@@ -79,7 +79,7 @@ class PrometheusSource:
     """
 
     url: str
-    bearer_token: str | None = None
+    bearer_token: str | None = field(default=None, repr=False)  # a credential: never in a log line
     timeout_s: float = 5.0
 
     QUERIES: ClassVar[dict[str, str]] = {

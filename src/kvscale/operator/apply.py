@@ -73,6 +73,10 @@ def read_child(api: client.ApiClient, namespace: str, key: str) -> dict[str, Any
         raise
 
 
+def owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(o.get("uid") == uid for o in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
 def scale_deployment(api: client.ApiClient, namespace: str, name: str, replicas: int) -> None:
     client.AppsV1Api(api).patch_namespaced_deployment_scale(
         name, namespace, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER)

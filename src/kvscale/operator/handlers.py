@@ -20,7 +20,16 @@ from ..autoscaler.sources import MetricsSource, PodScrapeSource, PrometheusSourc
 from ..estimator.gpus import GPUCatalog, load_catalog, load_prices
 from . import conditions as c
 from . import metrics
-from .apply import FIELD_MANAGER, marker, post_event, read_child, scale_deployment, server_side_apply, update_status
+from .apply import (
+    FIELD_MANAGER,
+    marker,
+    owned_by,
+    post_event,
+    read_child,
+    scale_deployment,
+    server_side_apply,
+    update_status,
+)
 from .autoscale import (
     DELETION_COST,
     classify_pods,
@@ -36,6 +45,7 @@ from .autoscale import (
 from .discovery import free_gpus, gpu_options
 from .health import Liveness
 from .leadership import LeaseElector
+from .prometheus_access import secret_error, url_error
 from .reconcile import Event, Reconciliation, availability, child_key, parse_spec, reconcile
 from .render import INSTANCE_LABEL, selector_string
 from .resource import GROUP, KIND, PLURAL, VERSION, LLMDeploymentSpec, MetricsSourceType
@@ -178,6 +188,15 @@ def _reconcile(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, dict
     rec = decide(None)
     if rec.apply:  # the rollout strategy depends on free GPUs: list pods only when rendering
         rec = decide(_free_gpus(nodes))
+    foreign = [k for k in map(child_key, rec.apply)
+               if (live := read_child(api, ns, k)) is not None and not owned_by(live, meta["uid"])]
+    if foreign:  # server-side apply with force would adopt them: refuse, and say so
+        message = (f"{', '.join(foreign)} already exist(s) and kvscale did not create them: it does not take over "
+                   "objects it does not own; delete or rename them and kvscale applies its own")
+        update_status(api, ns, name, {}, [(c.PLANNED, False, "NotOwned", message)], _now(), generation=generation)
+        _post(body, [Event("Warning", "NotOwned", message)])
+        metrics.RECONCILES.labels("unplanned").inc()
+        return False
     applied: dict[str, str] = {}
     for obj in rec.apply:
         try:
@@ -352,16 +371,26 @@ def deployment_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None
     metrics.ACTUAL.labels(ns, name).set(ready)
 
 
-def _prometheus(spec: LLMDeploymentSpec, namespace: str) -> PrometheusSource:
+def _prometheus(spec: LLMDeploymentSpec, namespace: str) -> PrometheusSource | str:
+    """The spec's Prometheus, or why the operator will not query it (URL not allowed, Secret not opted in)."""
     m = spec.autoscaling.metrics
+    refused = url_error(m.prometheus_url or "", STATE.settings.prometheus_urls)
+    if refused:
+        return refused
     token = None
     if m.bearer_token_secret:
-        secret = client.CoreV1Api(api_client()).read_namespaced_secret(m.bearer_token_secret, namespace)
+        try:
+            secret = client.CoreV1Api(api_client()).read_namespaced_secret(m.bearer_token_secret, namespace)
+        except client.ApiException as exc:
+            return f"spec.autoscaling.metrics.bearerTokenSecret {m.bearer_token_secret}: {exc.status} {exc.reason}"
+        refused = secret_error(m.bearer_token_secret, secret.metadata.labels if secret.metadata else None)
+        if refused:
+            return refused
         token = base64.b64decode((secret.data or {}).get("token", "")).decode() or None
     return PrometheusSource(url=m.prometheus_url or "", bearer_token=token)
 
 
-def _source(spec: LLMDeploymentSpec, namespace: str) -> MetricsSource:
+def _source(spec: LLMDeploymentSpec, namespace: str) -> MetricsSource | str:
     if spec.autoscaling.metrics.type is MetricsSourceType.PROMETHEUS:
         return _prometheus(spec, namespace)
     return PodScrapeSource()
@@ -385,7 +414,12 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     seen.intersection_update(t.pod for t in [*view.ready, *view.unready])
     served_unready = [t for t in view.unready if t.pod in seen]
     targets = [*view.ready, *served_unready]
-    readings = _source(spec, ns).read(targets)
+    source = _source(spec, ns)
+    if isinstance(source, str):  # nothing is read, so nothing is decided: replicas hold
+        update_status(api, ns, name, {}, [(c.METRICS_AVAILABLE, False, "PrometheusRefused", source)], _now(),
+                      generation=int(meta.get("generation") or 0) or None)
+        return
+    readings = source.read(targets)
     seen.update(readings.metrics)
     missing = tuple(p for p in readings.missing if p in seen)
     pending = view.pending + len(view.unready) - len(served_unready) + len(readings.missing) - len(missing)
@@ -403,7 +437,8 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     act = spec.autoscaling.activation
     activation_error = ""
     if act is not None and (decision.current == 0 or decision.desired == 0):
-        demand, activation_error = _prometheus(spec, ns).value(act.query)
+        prom = _prometheus(spec, ns)
+        demand, activation_error = (None, prom) if isinstance(prom, str) else prom.value(act.query)
         decision = activate(decision, demand, act.threshold, spec.autoscaling.min_replicas)
         if demand is not None:
             metrics.ACTIVATION.labels(ns, name).set(demand)

@@ -38,6 +38,9 @@ class OperatorSettings(BaseModel):
     replan_interval_s: float = Field(default=30.0, gt=0)
     # name of the coordination.k8s.io Lease that elects the one active replica (None: a single replica)
     leader_election: str | None = None
+    # Prometheus base URLs an LLMDeployment may point the operator at (scheme://host[:port][/path]);
+    # empty: none, so a spec cannot make the operator send requests, or a token, anywhere
+    prometheus_urls: tuple[str, ...] = ()
     lease_namespace: str = "default"  # where that Lease lives: the operator's own namespace in a cluster
 
     @classmethod
@@ -54,5 +57,6 @@ class OperatorSettings(BaseModel):
             autoscale_interval_s=float(env.get("KVSCALE_AUTOSCALE_INTERVAL", 15)),
             replan_interval_s=float(env.get("KVSCALE_REPLAN_INTERVAL", 30)),
             leader_election=env.get("KVSCALE_LEADER_ELECTION") or None,
+            prometheus_urls=tuple(u.strip() for u in env.get("KVSCALE_PROMETHEUS_URLS", "").split(",") if u.strip()),
             lease_namespace=env.get("KVSCALE_LEASE_NAMESPACE") or _own_namespace(),
         )
