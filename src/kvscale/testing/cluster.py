@@ -70,6 +70,7 @@ class Component:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    cmd: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -222,10 +223,26 @@ class LocalCluster:
     def _spawn(self, name: str, cmd: list[str]) -> None:
         assert self.workdir is not None
         log = self.workdir / "logs" / f"{name}.log"
-        with log.open("wb") as fh:
+        with log.open("ab") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     preexec_fn=_die_with_parent if self.tie_to_parent else os.setsid)
-        self.components.append(Component(name, proc, log))
+        self.components.append(Component(name, proc, log, cmd))
+
+    def outage(self, names: tuple[str, ...] = ("kube-apiserver", "etcd"), down_s: float = 5.0,
+               timeout: float = 60.0) -> float:
+        """Kill these components, keep them down ``down_s``, start them again with the same flags and
+        data; returns the seconds until the apiserver answered /readyz again (a control-plane outage)."""
+        down = [c for c in self.components if c.name in names]
+        for comp in down:
+            stop_group(comp.proc, 5)
+            self.components.remove(comp)
+        started = time.monotonic()
+        time.sleep(down_s)
+        order = ("etcd", "kube-apiserver")  # the store first
+        for comp in sorted(down, key=lambda c: order.index(c.name) if c.name in order else len(order)):
+            self._spawn(comp.name, comp.cmd)
+        self._wait(self._readyz, "the apiserver back after an outage", timeout)
+        return time.monotonic() - started
 
     def _check_alive(self) -> None:
         for comp in self.components:

@@ -33,6 +33,7 @@ class PodPages:
     def __init__(self, api: Any, namespace: str, selector: str, port: int, page: Callable[[], str]) -> None:
         self.api, self.namespace, self.selector, self.port, self.page = api, namespace, selector, port, page
         self.servers: dict[str, http.server.ThreadingHTTPServer] = {}
+        self.paused = False  # True: every page is down (connections refused) until set False again
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -52,12 +53,18 @@ class PodPages:
 
         core = client.CoreV1Api(self.api)
         while not self._stop.wait(0.5):
+            if self.paused:
+                for addr in list(self.servers):
+                    srv = self.servers.pop(addr)
+                    srv.shutdown()
+                    srv.server_close()
+                continue
             try:
                 pods = core.list_namespaced_pod(self.namespace, label_selector=self.selector).items
             except Exception:  # the apiserver may be restarting under a chaos test: try again
                 continue
             for p in pods:
-                ip = p.status.pod_ip if p.status else None
+                ip: str | None = p.status.pod_ip if p.status else None
                 if ip and ip not in self.servers:
                     with contextlib.suppress(OSError):  # the address is not up yet
                         self.servers[ip] = serve_page(ip, self.port, self.page)
