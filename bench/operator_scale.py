@@ -1,9 +1,11 @@
-"""Operator at scale: create N LLMDeployments at once on the local control plane.
+"""Operator at scale: create N LLMDeployments at once on M kwok GPU nodes of the local control plane.
 
 Prints the time until every one is Planned and its vLLM Deployment exists, the operator's
-peak RSS, and the API server requests per object (from apiserver_request_total).
+peak RSS, the API server requests per object (from apiserver_request_total) and, with every
+replica's /metrics answered by a synthetic vLLM page on its pod IP, how long one autoscale pass
+over all of them takes (the operator's kvscale_periodic_pass_seconds) against the interval.
 
-    python bench/operator_scale.py [--count 200]
+    python bench/operator_scale.py [--count 1000] [--nodes 500] [--interval 15]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from kvscale.operator.crd import crd_yaml
 from kvscale.operator.resource import GROUP, PLURAL, VERSION
 from kvscale.testing.cluster import LocalCluster
 from kvscale.testing.fleet import NodePool
+from kvscale.testing.metrics_page import PodPages
 from kvscale.testing.operator_process import OperatorProcess
 
 MODELS = ["Qwen/Qwen2.5-0.5B-Instruct", "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen3-8B",
@@ -39,21 +42,37 @@ def body(i: int) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment", "metadata": {"name": f"m{i:04d}"},
             "spec": {"model": {"name": MODELS[i % len(MODELS)]},
                      "serving": {"maxModelLen": 4096 * (1 + i % 4), "targetConcurrency": 1 + i % 8},
-                     "placement": {"gpuTypes": ["L4", "A100-80GB", "H100-80GB"]},
-                     "autoscaling": {"enabled": False}}}
+                     "placement": {"gpuTypes": ["L4", "A100-80GB", "H100-80GB"]}, "vllm": {"port": 8000},
+                     "autoscaling": {"minReplicas": 1, "maxReplicas": 2}}}
+
+
+PAGE = ('vllm:kv_cache_usage_perc{engine="0"} 0.3\nvllm:num_requests_running{engine="0"} 2\n'
+        'vllm:num_requests_waiting{engine="0"} 0\nvllm:num_preemptions_total{engine="0"} 0\n')
+
+
+def gauge(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--count", type=int, default=200)
+    ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--nodes", type=int, default=500)
+    ap.add_argument("--interval", type=float, default=15.0, help="autoscale interval (the operator's default)")
     args = ap.parse_args()
-    fleet = (NodePool(gpu="H100-80GB", nodes=4, gpus_per_node=8), NodePool(gpu="A100-80GB", nodes=4, gpus_per_node=8),
-             NodePool(gpu="L4", nodes=16, gpus_per_node=1))
+    big = max(1, args.nodes // 5)
+    fleet = (NodePool(gpu="H100-80GB", nodes=big, gpus_per_node=8),
+             NodePool(gpu="A100-80GB", nodes=big, gpus_per_node=8),
+             NodePool(gpu="L4", nodes=max(1, args.nodes - 2 * big), gpus_per_node=4))
     work = Path(tempfile.mkdtemp(prefix="kvscale-bench-"))
     with LocalCluster(fleet=fleet, workdir=work / "cluster") as cluster:
         cluster.kubectl("apply", "-f", "-", input=crd_yaml())
         cluster.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.kvscale.io", "--timeout=60s")
-        op = OperatorProcess(kubeconfig=cluster.kubeconfig, log_path=work / "operator.log").start()
+        op = OperatorProcess(kubeconfig=cluster.kubeconfig, log_path=work / "operator.log",
+                             extra_env={"KVSCALE_AUTOSCALE_INTERVAL": str(args.interval)}).start()
         api = config.new_client_from_config(str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
         custom: Any = client.CustomObjectsApi(api)
         apps: Any = client.AppsV1Api(api)
@@ -86,6 +105,16 @@ def main() -> None:
         elapsed = time.monotonic() - t0
         time.sleep(5)
         after = request_count(cluster)
+        core: Any = client.CoreV1Api(api)
+        with PodPages(api, "bench", "kvscale.io/llmdeployment", 8000, lambda: PAGE) as pages:
+            deadline = time.monotonic() + 600
+            while len(pages.servers) < args.count and time.monotonic() < deadline:
+                time.sleep(2)
+            served = len(pages.servers)
+            time.sleep(3 * args.interval)  # passes that read every page
+            text = op.metrics()
+            pass_s = gauge(text, "kvscale_periodic_pass_seconds")
+        running = sum(1 for p in core.list_namespaced_pod("bench").items if p.status.pod_ip)
         done.set()
         op.stop()
     errors = len(re.findall(r"Traceback", (work / "operator.log").read_text()))
@@ -94,6 +123,9 @@ def main() -> None:
     print(f"operator peak RSS:              {max(peak) / 2**20:.0f} MiB   (target <= 300 MB)")
     print(f"API requests per LLMDeployment: {(after - before) / args.count:.1f} "
           f"(all clients: operator, controllers, kwok, this script)")
+    print(f"replicas with a metrics page:   {served} of {running} pods with an IP")
+    print(f"one autoscale pass over all:    {pass_s if pass_s is None else round(pass_s, 1)} s   "
+          f"(interval {args.interval:g} s, target: within it)")
     print(f"operator tracebacks in log:     {errors}")
 
 

@@ -362,3 +362,15 @@ def test_prometheus_outside_the_allowlist_or_an_unlabelled_secret_is_refused(  #
     finally:
         trap.shutdown()
         trap.server_close()
+
+
+def test_a_child_the_api_server_refuses_becomes_a_condition_not_a_retry_loop(  # type: ignore[no-untyped-def]
+        api, namespace: str, operator) -> None:
+    body = llmd("refused", model="Qwen/Qwen2.5-0.5B-Instruct", max_len=4096, gpus=["L4"], concurrency=1,
+                placement={"gpuTypes": ["L4"], "nodeSelector": {"x" * 70: "a"}})  # not a valid label key
+    create(api, namespace, body)
+    obj = wait_for(lambda: (o := get(api, namespace, "refused")) and condition(o, "Planned") and o, what="Planned")
+    cond = condition(obj, "Planned")
+    assert (cond["status"], cond["reason"]) == ("False", "RenderRejected") and "nodeSelector" in cond["message"]
+    time.sleep(6)
+    assert [e.reason for e in events_for(api, namespace, "refused")].count("RenderRejected") == 1

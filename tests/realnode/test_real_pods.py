@@ -136,7 +136,8 @@ def test_rendered_pods_scale_on_kv_pressure_through_the_service(real_cluster: Lo
           f"during scale-down ok={during.ok} failed={during.failed}")
 
 
-def test_killed_vllm_is_restarted_by_the_kubelet_and_replicas_hold(real_cluster: LocalCluster, real_api: Any,
+@pytest.mark.chaos
+def test_killed_vllm_and_operator_recover_with_no_scale_and_no_rollout(real_cluster: LocalCluster, real_api: Any,
                                                                    real_namespace: str,
                                                                    real_operator: OperatorProcess) -> None:
     ns = real_namespace
@@ -147,7 +148,13 @@ def test_killed_vllm_is_restarted_by_the_kubelet_and_replicas_hold(real_cluster:
     assert real_cluster.real is not None
     node = real_cluster.real.node(pod.spec.node_name)
     pid = node.task_pid(pod.status.container_statuses[0].container_id)
+    dep = client.AppsV1Api(real_api).read_namespaced_deployment("fragile", ns)
     os.kill(pid, signal.SIGKILL)  # the vLLM API server, PID 1 of the container, as seen from the host
+    # and the operator with it, mid-flight: the restarted one must find the fleet as it was, not re-make it
+    assert real_operator.proc is not None
+    os.killpg(real_operator.proc.pid, signal.SIGKILL)
+    real_operator.proc.wait(timeout=10)
+    real_operator.start()
     name = pod.metadata.name
 
     def restarted() -> Any:
@@ -171,6 +178,9 @@ def test_killed_vllm_is_restarted_by_the_kubelet_and_replicas_hold(real_cluster:
     wait_for(lambda: (c := condition(obj(real_api, ns, "fragile"), "Degraded")) and c["status"] == "False", 60,
              "Degraded clears once the replica serves again")
     assert int(obj(real_api, ns, "fragile")["spec"].get("replicas") or 1) == 1
+    after = client.AppsV1Api(real_api).read_namespaced_deployment("fragile", ns)
+    assert after.metadata.generation == dep.metadata.generation, "the restarted operator rolled the fleet"
+    assert [p.metadata.name for p in ready_pods(real_api, ns, "fragile")] == [name], "the replica was replaced"
     events = client.CoreV1Api(real_api).list_namespaced_event(ns).items
     assert not any(e.reason in ("ScaledDown", "ScaledUp") for e in events if e.involved_object.name == "fragile")
 

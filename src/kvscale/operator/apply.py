@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,8 +93,19 @@ def read_deployment(api: client.ApiClient, namespace: str, name: str) -> Any | N
         raise
 
 
+class StatusConflict(RuntimeError):
+    """Another writer kept winning the race for the status: try again later."""
+
+
+#: status writes tried before giving up for now: each retry re-reads, so only a writer that changes the
+#: object many times a second wins them all; the jittered pause keeps two such writers from lock-stepping
+STATUS_ATTEMPTS = 10
+CONFLICT_PAUSE_S = (0.02, 0.2)
+
+
 def update_status(api: client.ApiClient, namespace: str, name: str, fields: dict[str, Any],
-                  condition_updates: Sequence[tuple[str, bool | str, str, str]], now: str, attempts: int = 5,
+                  condition_updates: Sequence[tuple[str, bool | str, str, str]], now: str,
+                  attempts: int = STATUS_ATTEMPTS,
                   generation: int | None = None) -> bool:
     """Merge ``fields`` into .status and set conditions on the freshest copy (optimistic concurrency),
     so writers of different conditions never erase each other's. Returns whether anything was written.
@@ -127,7 +140,8 @@ def update_status(api: client.ApiClient, namespace: str, name: str, fields: dict
         except ApiException as exc:
             if exc.status != 409:
                 raise
-    raise RuntimeError(f"status of {namespace}/{name} kept changing under us ({attempts} conflicts)")
+            time.sleep(random.uniform(*CONFLICT_PAUSE_S))
+    raise StatusConflict(f"status of {namespace}/{name} kept changing under us ({attempts} conflicts)")
 
 
 def read_llmd(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
+import urllib3
 from kubernetes import client, config
 
 from ..autoscaler.policy import PolicyState, activate, decide
@@ -22,6 +23,7 @@ from . import conditions as c
 from . import metrics
 from .apply import (
     FIELD_MANAGER,
+    StatusConflict,
     marker,
     owned_by,
     post_event,
@@ -173,6 +175,17 @@ def _live_children(api: client.ApiClient, ns: str, status: dict[str, Any]) -> di
     return out
 
 
+#: API answers that say the object itself is wrong (schema, validation): retrying cannot help
+REFUSED = frozenset({400, 422})
+
+
+def api_message(exc: client.ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)[:800]
+    except ValueError:
+        return str(exc.reason)
+
+
 def _reconcile(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, dict[str, Any]]) -> bool:
     meta, ns, name = body["metadata"], body["metadata"]["namespace"], body["metadata"]["name"]
     api = api_client()
@@ -193,8 +206,9 @@ def _reconcile(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, dict
     if foreign:  # server-side apply with force would adopt them: refuse, and say so
         message = (f"{', '.join(foreign)} already exist(s) and kvscale did not create them: it does not take over "
                    "objects it does not own; delete or rename them and kvscale applies its own")
-        update_status(api, ns, name, {}, [(c.PLANNED, False, "NotOwned", message)], _now(), generation=generation)
-        _post(body, [Event("Warning", "NotOwned", message)])
+        if update_status(api, ns, name, {}, [(c.PLANNED, False, "NotOwned", message)], _now(),
+                         generation=generation):
+            _post(body, [Event("Warning", "NotOwned", message)])
         metrics.RECONCILES.labels("unplanned").inc()
         return False
     applied: dict[str, str] = {}
@@ -203,6 +217,14 @@ def _reconcile(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, dict
             done = server_side_apply(api, obj)
         except client.ApiException as exc:
             metrics.ERRORS.labels("apply").inc()
+            if exc.status in REFUSED:  # the spec made an object Kubernetes will not take: say so, do not retry
+                message = (f"the {obj['kind']} rendered from this spec was refused by the API server: "
+                           f"{api_message(exc)} (set through spec.placement or spec.vllm)")
+                if update_status(api, ns, name, {"observedGeneration": generation},
+                                 [(c.PLANNED, False, "RenderRejected", message)], _now(), generation=generation):
+                    _post(body, [Event("Warning", "RenderRejected", message)])  # once, not per retry
+                metrics.RECONCILES.labels("unplanned").inc()
+                return False
             raise kopf.TemporaryError(f"applying {obj['kind']} {name}: {exc.status} {exc.reason}", delay=15) from exc
         found = done if isinstance(done, dict) else api.sanitize_for_serialization(done)  # type: ignore[no-untyped-call]
         applied[child_key(obj)] = marker({**found, "kind": obj["kind"]})
@@ -216,7 +238,10 @@ def _reconcile(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, dict
             rec.status.pop("desiredReplicas", None)  # never claim a count that was not applied
             log.warning("could not scale Deployment %s/%s to %d: %s", ns, name, rec.scale, exc.reason)
     if rec.status or rec.conditions:
-        update_status(api, ns, name, rec.status, rec.conditions, _now(), generation=generation)
+        try:
+            update_status(api, ns, name, rec.status, rec.conditions, _now(), generation=generation)
+        except StatusConflict as exc:  # applied, but not yet recorded: the retry finds nothing to apply
+            raise kopf.TemporaryError(str(exc), delay=2) from exc
     _post(body, rec.events)
     if rec.plan_changed:
         metrics.PLAN_CHANGES.inc()
@@ -233,10 +258,20 @@ def plan_and_apply(body: kopf.Body, **kwargs: Any) -> None:
     _reconcile(body, kwargs["gpu_nodes"])
 
 
-def replan_unplanned(body: dict[str, Any]) -> None:
-    """Impossible requests are retried as the cluster changes (new node types, freed capacity)."""
-    planned = c.get_condition(list((body.get("status") or {}).get("conditions") or []), c.PLANNED)
-    if (planned is None or planned.get("status") != "True") and STATE.nodes is not None:
+def reconcile_if_due(body: dict[str, Any]) -> None:
+    """What no event triggers, at the re-plan interval: impossible requests retried as the cluster
+    changes (new node types, freed capacity), plans whose GPU type no Ready node offers (re-planned
+    after the grace), and a spec generation no handler has recorded (a change that came back to the
+    last handled spec, which Kopf sees as no change at all)."""
+    if STATE.nodes is None:
+        return
+    status = body.get("status") or {}
+    planned = c.get_condition(list(status.get("conditions") or []), c.PLANNED)
+    unplanned = planned is None or planned.get("status") != "True"
+    gone = not unplanned and (status.get("plan") or {}).get("gpu") not in gpu_options(_nodes(STATE.nodes),
+                                                                                      _catalog())
+    stale = status.get("observedGeneration") != body["metadata"].get("generation")
+    if unplanned or gone or stale:
         _reconcile(body, STATE.nodes)
 
 
@@ -244,8 +279,18 @@ def _periodic(body: dict[str, Any], replan: bool) -> None:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     try:
         if replan:
-            replan_unplanned(body)
+            reconcile_if_due(body)
         autoscale(body, key)
+    except kopf.TemporaryError as exc:  # an apply the API server refused for now: the next pass retries
+        metrics.PERIODIC_FAILURES.labels("api").inc()
+        log.warning("periodic work on %s/%s: %s", *key, exc)
+    except StatusConflict as exc:  # another writer won every race this tick: the next tick tries again
+        metrics.PERIODIC_FAILURES.labels("conflict").inc()
+        log.warning("periodic work on %s/%s: %s", *key, exc)
+    except (client.ApiException, urllib3.exceptions.HTTPError) as exc:  # the API server, not a bug: hold
+        metrics.PERIODIC_FAILURES.labels("api").inc()
+        log.warning("periodic work on %s/%s: the API server did not answer (%s); holding until it does", *key,
+                    str(exc).splitlines()[0][:200])
     except Exception:  # one object's failure must not stop the others, nor the worker
         metrics.PERIODIC_FAILURES.labels("object").inc()
         log.exception("periodic work on %s/%s failed", *key)
@@ -328,7 +373,10 @@ def restore_if_drifted(kind: str, body: kopf.Body, event_type: str | None) -> No
     if want is not None and have != want:
         log.info("%s/%s %s (%s, applied as %s): restoring", ns, key, "deleted" if have is None else "changed",
                  have, want)
-        _reconcile(parent, STATE.nodes)
+        try:
+            _reconcile(parent, STATE.nodes)
+        except (StatusConflict, kopf.TemporaryError) as exc:  # restored; recorded at the next event or pass
+            log.warning("restoring %s/%s: %s", ns, key, exc)
 
 
 @kopf.on.event("", "v1", "services", labels={INSTANCE_LABEL: kopf.PRESENT})
@@ -367,7 +415,10 @@ def deployment_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None
             progress = (c.PROGRESSING, False, stuck, f"{cond.get('message', '')} ({message})")
     updates = [(c.AVAILABLE, ok, reason, message), progress]
     fields = {"replicas": int(st.get("replicas") or 0), "readyReplicas": ready}
-    update_status(api_client(), ns, name, fields, updates, _now())
+    try:
+        update_status(api_client(), ns, name, fields, updates, _now())
+    except StatusConflict as exc:  # the next Deployment event carries the same news
+        log.warning("mirroring Deployment %s/%s: %s", ns, name, exc)
     metrics.ACTUAL.labels(ns, name).set(ready)
 
 

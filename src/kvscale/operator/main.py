@@ -39,8 +39,9 @@ def _logging(fmt: LogFormat, verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("kubernetes", "urllib3", "aiohttp.access", "httpx"):
+    for noisy in ("kubernetes", "aiohttp.access", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries are reported once, by the caller
 
 
 def operator_identity() -> str:

@@ -257,7 +257,7 @@ def metrics_faults(api: Any, ns: str, interval_s: float, ticks: int = 3, closed_
     with PodPages(api, ns, "kvscale.io/llmdeployment=faulty", 8000, page) as pages, \
             PodPages(api, ns, "kvscale.io/llmdeployment=guarded", 8000, lambda: vllm_page(0.0, 0)):
         custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, small_llmd(
-            "faulty", replicas=2, minReplicas=1, maxReplicas=4, scaleDownStabilizationSeconds=0))
+            "faulty", replicas=2, minReplicas=1, maxReplicas=4, scaleDownStabilizationSeconds=300))
         custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, small_llmd(
             "blind", replicas=2, minReplicas=1, maxReplicas=4, scaleDownStabilizationSeconds=0,
             metrics={"type": "prometheus", "prometheusURL": dead}))
@@ -265,8 +265,14 @@ def metrics_faults(api: Any, ns: str, interval_s: float, ticks: int = 3, closed_
             "guarded", replicas=1, minReplicas=0, maxReplicas=2, scaleDownStabilizationSeconds=0,
             metrics={"type": "pod", "prometheusURL": dead},
             activation={"query": "sum(gateway_requests_waiting)", "threshold": 0}))
-        wait_for(lambda: _condition(_get(api, ns, "faulty"), "MetricsAvailable").get("status") == "True", 90,
-                 "faulty read while healthy", not_yet=lambda e: isinstance(e, ApiException))
+        wait_for(lambda: "read 2 replica" in _condition(_get(api, ns, "faulty"), "MetricsAvailable").get(
+            "message", ""), 90, "both replicas of faulty read while healthy",
+            not_yet=lambda e: isinstance(e, ApiException))
+        # from here on a misread (garbage or silence taken for an idle fleet) would scale down at once
+        custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "faulty", {
+            "spec": {"autoscaling": {"scaleDownStabilizationSeconds": 0}}})
+        time.sleep(2 * interval_s)
+        assert int(_get(api, ns, "faulty")["spec"]["replicas"]) == 2, "faulty moved while its metrics were fine"
         for phase in ("garbage", "slow", "down"):
             mode[0] = phase
             pages.paused = phase == "down"
