@@ -29,6 +29,8 @@ log = logging.getLogger("kvscale.leadership")
 LEASE_DURATION_S = 15
 RENEW_DEADLINE_S = 10.0
 RETRY_PERIOD_S = 2.0
+#: a Lease call that hangs (a partition, not a refusal) must not stall the loop that notices the lost lease
+REQUEST_TIMEOUT_S = 4.0
 
 
 class Action(StrEnum):
@@ -129,7 +131,7 @@ class LeaseElector:
     def _try(self) -> bool:
         coord = client.CoordinationV1Api(self.api)
         try:
-            lease = coord.read_namespaced_lease(self.name, self.namespace)
+            lease = coord.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT_S)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -146,13 +148,15 @@ class LeaseElector:
         try:
             if action is Action.CREATE:
                 coord.create_namespaced_lease(self.namespace, {  # type: ignore[arg-type]
-                    "metadata": {"name": self.name}, "spec": {**spec, "acquireTime": now, "leaseTransitions": 0}})
+                    "metadata": {"name": self.name}, "spec": {**spec, "acquireTime": now, "leaseTransitions": 0}},
+                    _request_timeout=REQUEST_TIMEOUT_S)
             else:
                 assert view is not None
                 if action is Action.ACQUIRE:
                     spec |= {"acquireTime": now, "leaseTransitions": view.transitions + 1}
                 coord.patch_namespaced_lease(self.name, self.namespace, {
-                    "metadata": {"resourceVersion": view.resource_version}, "spec": spec})
+                    "metadata": {"resourceVersion": view.resource_version}, "spec": spec},
+                    _request_timeout=REQUEST_TIMEOUT_S)
         except ApiException as exc:
             if exc.status in (409, 422):  # another replica wrote first
                 return False
