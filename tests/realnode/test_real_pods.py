@@ -209,8 +209,11 @@ def test_helm_installed_operator_runs_as_a_real_pod_and_reconciles(real_cluster:
 
     ns = real_namespace
     helm = ensure_binaries().path("helm")
+    assert real_cluster.real is not None
     values = {"watchNamespaces": [ns], "autoscaleIntervalSeconds": 5, "logFormat": "plain",
               "crds": {"install": False},  # the cluster has it already, applied apart from any release
+              # a real node: on a kwok node the operator pod would only be simulated, and nothing would run
+              "nodeSelector": {"kubernetes.io/hostname": real_cluster.real.node_names()[0]},
               # the real nodes are GPU nodes (tainted); a CPU node pool would need no toleration
               "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
     (tmp_path / "values.json").write_text(json.dumps(values))
@@ -229,6 +232,7 @@ def test_helm_installed_operator_runs_as_a_real_pod_and_reconciles(real_cluster:
                   if p.metadata.labels.get("app.kubernetes.io/name") == "kvscale")
         cs = op.status.container_statuses[0]
         assert cs.ready and cs.image.endswith(f"kvscale:{chart_app_version()}")
+        assert op.spec.node_name in {n.name for n in real_cluster.real.nodes}
         assert op.spec.security_context.run_as_non_root and op.spec.security_context.run_as_user == 65532
         assert op.spec.containers[0].security_context.read_only_root_filesystem
         create(real_api, ns, tiny_llmdeployment("via-helm"))
