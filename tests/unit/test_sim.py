@@ -226,3 +226,25 @@ def test_gpu_budget_caps_the_fleet_and_the_policy_sees_unschedulable_replicas() 
     assert max(n for _, n, _ in free.timeline) > 2
     assert max(n for _, n, _ in capped.timeline) <= 2 and max(seen) >= 1
     assert capped.gpu_seconds < free.gpu_seconds
+
+
+def test_load_scale_fit_reaches_the_engine_pace_on_the_calibration_slice() -> None:
+    """Where attention reads dominate, the simulated TPOT grows about twice as fast as the scale (slower
+    steps batch more and preempt more): a proportional correction then swings past the target each time and
+    ended up to 47% off it. The fit must land on the engine's pace and report the TPOT of the scale it returns."""
+    import dataclasses
+
+    from kvscale.sim.validate import CALIBRATION_SLICE, Calibration, ServerConfig, fit_load_scale, replay_sim
+
+    cal = Calibration([], step_overhead_s=5.3e-3, seq_overhead_s=1.1e-4, per_token_s=5.9e-5, per_kv_token_s=3.5e-6)
+    cfg, arrivals = ServerConfig(), CALIBRATION_SLICE.requests()
+
+    def tpot(c: Calibration) -> float:
+        xs = replay_sim(c.model(cfg), arrivals, sample_every=0.5).tpot
+        return sum(xs) / len(xs)
+
+    for engine_tpot in (0.006, 0.009, 0.012):
+        fit = fit_load_scale(cal, cfg, arrivals, engine_tpot)
+        assert fit.load_tpot_sim_s == pytest.approx(engine_tpot, rel=0.011)
+        assert tpot(fit) == pytest.approx(fit.load_tpot_sim_s, rel=1e-9)
+        assert tpot(dataclasses.replace(fit, load_scale=fit.load_scale * 1.1)) > engine_tpot * 1.1

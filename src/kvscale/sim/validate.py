@@ -328,26 +328,45 @@ async def _calibrate(http: httpx.AsyncClient, url: str, cfg: ServerConfig, reps:
     return cal
 
 
+FIT_TOLERANCE = 0.01  # the simulated slice's TPOT within 1% of the engine's: far inside the run-to-run spread
+SCALE_BOUNDS = (0.1, 10.0)  # beyond these the probes, not the load, are wrong
+
+
 def fit_load_scale(cal: Calibration, cfg: ServerConfig, arrivals: Sequence[Request], tpot_real_s: float,
-                   iterations: int = 8) -> Calibration:
+                   iterations: int = 12) -> Calibration:
     """Scale every step-time constant so that the simulator decodes a trace slice at the engine's pace.
 
     One-request probes time the engine with the host otherwise quiet; serving a trace, vLLM's API
     server and this client take part of the two cores on every step, so steps run slower (1.0-1.5x here).
     The probes fix the shape of the step time (fixed, per sequence, per token), this fixes its level,
-    on a slice of the trace that the comparison does not replay."""
+    on a slice of the trace that the comparison does not replay.
+
+    The simulated TPOT rises with the scale but not in proportion (slower steps batch more and preempt
+    differently), so a proportional step can overshoot back and forth: once two trials bracket the
+    engine's TPOT the search bisects (in log scale), and the trial closest to it is kept, never an
+    untried scale."""
+    tried: list[tuple[float, float]] = []  # (scale, simulated TPOT)
     scale = 1.0
-    sim_tpot = math.nan
     for _ in range(iterations):
-        trial = dataclasses.replace(cal, load_scale=scale)
-        sim_tpot = _mean(replay_sim(trial.model(cfg), arrivals, sample_every=0.5).tpot)
+        sim_tpot = _mean(replay_sim(dataclasses.replace(cal, load_scale=scale).model(cfg), arrivals,
+                                    sample_every=0.5).tpot)
         if not sim_tpot > 0:
             break
-        step = tpot_real_s / sim_tpot
-        if abs(step - 1.0) < 0.01:
+        tried.append((scale, sim_tpot))
+        if abs(math.log(tpot_real_s / sim_tpot)) < math.log1p(FIT_TOLERANCE):
             break
-        scale = min(10.0, max(0.1, scale * step))
-    return dataclasses.replace(cal, load_scale=scale, load_tpot_real_s=tpot_real_s, load_tpot_sim_s=sim_tpot)
+        slower = [s for s, t in tried if t > tpot_real_s]
+        faster = [s for s, t in tried if t < tpot_real_s]
+        if slower and faster and min(slower) > max(faster):
+            scale = math.sqrt(min(slower) * max(faster))
+        else:
+            scale = min(SCALE_BOUNDS[1], max(SCALE_BOUNDS[0], scale * tpot_real_s / sim_tpot))
+        if any(math.isclose(scale, s, rel_tol=1e-6) for s, _ in tried):
+            break
+    if not tried:
+        return dataclasses.replace(cal, load_tpot_real_s=tpot_real_s)
+    best, best_tpot = min(tried, key=lambda st: abs(math.log(st[1] / tpot_real_s)))
+    return dataclasses.replace(cal, load_scale=best, load_tpot_real_s=tpot_real_s, load_tpot_sim_s=best_tpot)
 
 
 # ---------------------------------------------------------------- the two replays
