@@ -119,6 +119,29 @@ def test_spec_change_replans_and_rolls_out(api, namespace: str, operator) -> Non
     assert obj["status"]["plan"]["kvCacheTokens"] > 0
 
 
+def test_a_rollout_on_full_nodes_replaces_instead_of_surging(api, namespace: str, operator) -> None:  # type: ignore[no-untyped-def]
+    """Two 8-GPU replicas on the two 8-GPU H100 nodes: a surge pod could never schedule, so the next
+    rollout replaces one pod at a time. The operator counts free GPUs from its watch of GPU pods."""
+    create(api, namespace, llmd("full", max_len=8192, gpus=["H100-80GB"], replicas=2,
+                               placement={"gpuTypes": ["H100-80GB"], "tensorParallelSize": 8}))
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    dep = wait_for(lambda: apps.read_namespaced_deployment("full", namespace), what="Deployment")
+    assert dep.spec.replicas == 2
+    pods = lambda: core.list_namespaced_pod(namespace, label_selector="kvscale.io/llmdeployment=full").items  # noqa: E731
+    wait_for(lambda: len([p for p in pods() if p.spec.node_name]) == 2, what="both pods bound")
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "full", {"spec": {"serving": {"maxModelLen": 16384}}})
+
+    def rolled() -> Any:
+        d = apps.read_namespaced_deployment("full", namespace)
+        a = d.spec.template.spec.containers[0].args
+        return a[a.index("--max-model-len") + 1] == "16384" and d
+
+    dep = wait_for(rolled, what="new --max-model-len")
+    assert (dep.spec.strategy.rolling_update.max_surge, dep.spec.strategy.rolling_update.max_unavailable) == (0, 1)
+    assert "no node has 8 free" in dep.metadata.annotations["kvscale.io/rollout"]
+
+
 def test_delete_garbage_collects_children(api, namespace: str, operator) -> None:  # type: ignore[no-untyped-def]
     create(api, namespace, llmd("gone", model="Qwen/Qwen2.5-7B-Instruct", max_len=8192, gpus=["L4"], concurrency=2))
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)

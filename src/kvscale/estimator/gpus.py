@@ -57,6 +57,11 @@ class GPUCatalog(BaseModel):
     def names(self) -> list[str]:
         return [g.name for g in self.gpus]
 
+    @property
+    def resource_names(self) -> frozenset[str]:
+        """The extended resources pods request these GPUs by (nvidia.com/gpu, amd.com/gpu, ...)."""
+        return frozenset(g.resource_name for g in self.gpus)
+
     def get(self, name: str) -> GPUType:
         key = name.strip().lower()
         for g in self.gpus:

@@ -106,17 +106,19 @@ CONFLICT_PAUSE_S = (0.02, 0.2)
 def update_status(api: client.ApiClient, namespace: str, name: str, fields: dict[str, Any],
                   condition_updates: Sequence[tuple[str, bool | str, str, str]], now: str,
                   attempts: int = STATUS_ATTEMPTS,
-                  generation: int | None = None) -> bool:
+                  generation: int | None = None, current: dict[str, Any] | None = None) -> bool:
     """Merge ``fields`` into .status and set conditions on the freshest copy (optimistic concurrency),
     so writers of different conditions never erase each other's. Returns whether anything was written.
 
     ``generation``: the spec generation these conditions were decided on (default: the one read now);
-    a condition never claims to have seen a spec newer than the one it judged.
+    a condition never claims to have seen a spec newer than the one it judged. ``current``: a copy the
+    caller holds (a watch's), tried first instead of a read: when it is stale the write conflicts and
+    the next attempt reads.
     """
     from . import conditions as c
 
-    for _ in range(attempts):
-        obj = read_llmd(api, namespace, name)
+    for attempt in range(attempts):
+        obj = current if attempt == 0 and current is not None else read_llmd(api, namespace, name)
         if obj is None:
             return False
         status = obj.get("status") or {}

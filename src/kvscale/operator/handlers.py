@@ -56,6 +56,9 @@ from .settings import OperatorSettings
 log = logging.getLogger("kvscale.operator")
 
 
+#: how long Kopf keeps a per-object worker (and the body it last saw) after that object's last event
+IDLE_WORKER_S = 0.5
+
 #: LLMDeployments worked on at once by the periodic pass: one slow object (a pod whose scrape times
 #: out, a slow Prometheus) then delays only its own slot, and the API sees a bounded burst
 PERIODIC_CONCURRENCY = 8
@@ -68,9 +71,15 @@ class _State:
     # live views of Kopf's indexes, captured from the first handler call; read by the periodic worker
     nodes: kopf.Index[str, dict[str, Any]] | None = None
     objects: kopf.Index[tuple[str, str], dict[str, Any]] | None = None
+    pods: kopf.Index[tuple[str, str], dict[str, Any]] | None = None  # GPU pods, for free GPUs
+    replicas: kopf.Index[tuple[str, str], dict[str, Any]] | None = None  # vLLM pods, by LLMDeployment
     policy: dict[tuple[str, str], PolicyState] = {}  # noqa: RUF012
     serving: dict[tuple[str, str], set[str]] = {}  # noqa: RUF012  # pods that have answered at least once
     applied: dict[tuple[str, str], dict[str, str]] = {}  # noqa: RUF012  # children markers from the last apply
+    # (generation, monotonic time) of the last reconcile that ran to its end, per object
+    reconciled: dict[tuple[str, str], tuple[int, float]] = {}  # noqa: RUF012
+    locks: dict[tuple[str, str], threading.Lock] = {}  # noqa: RUF012  # one reconcile of an object at a time
+    locks_guard: threading.Lock = threading.Lock()
     stop: threading.Event = threading.Event()
     worker: threading.Thread | None = None
     beat: float | None = None  # monotonic time the worker last began a pass
@@ -111,6 +120,9 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.WARNING  # Events are ours (kopf.info/warn), not handler chatter
     settings.watching.server_timeout = 300
+    # an idle per-object worker holds the last body it saw: with pods, nodes and four kinds of children
+    # watched, a thousand objects kept several hundred MB alive for Kopf's default 5 s after every event
+    settings.queueing.idle_timeout = IDLE_WORKER_S
     settings.peering.standalone = True  # one active replica is elected before Kopf starts (leadership.py)
     api_client()
     _catalog()
@@ -136,12 +148,65 @@ def llmdeployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str,
         "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}}
 
 
+@kopf.index("", "v1", "pods")
+def gpu_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """Pods that request GPUs, reduced to their node, phase and GPU requests: what free-GPU counting
+    reads, kept current by the watch instead of a cluster-wide pod list per reconcile (at a thousand
+    LLMDeployments that list was two thirds of the operator's time)."""
+    names = _catalog().resource_names
+    containers = []
+    for ctr in (body.get("spec") or {}).get("containers") or []:
+        requests = ((ctr.get("resources") or {}).get("requests") or {})
+        gpus = {k: v for k, v in requests.items() if k in names}
+        if gpus:
+            containers.append({"resources": {"requests": gpus}})
+    if not containers:
+        return None
+    meta = body["metadata"]
+    return {(meta["namespace"], meta["name"]): {
+        "spec": {"nodeName": (body.get("spec") or {}).get("nodeName"), "containers": containers},
+        "status": {"phase": (body.get("status") or {}).get("phase")}}}
+
+
+@kopf.index("", "v1", "pods", labels={INSTANCE_LABEL: kopf.PRESENT})
+def replica_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """kvscale's vLLM pods by (namespace, LLMDeployment): the autoscale pass reads them here instead of
+    listing them from the API server for every object on every tick."""
+    meta = body["metadata"]
+    return {(meta["namespace"], meta["labels"][INSTANCE_LABEL]): {
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "labels", "annotations", "deletionTimestamp",
+                                              "creationTimestamp") if meta.get(k) is not None},
+        "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}}
+
+
+def _pods_of(api: client.ApiClient, ns: str, name: str) -> list[dict[str, Any]]:
+    if STATE.replicas is not None:
+        store = STATE.replicas.get((ns, name))
+        return list(store) if store is not None else []
+    pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=selector_string(name))
+    return [api.sanitize_for_serialization(p) for p in pods.items]  # type: ignore[no-untyped-call]
+
+
+def _capture(kwargs: dict[str, Any]) -> None:
+    """Kopf hands its indexes to handlers only: keep them for the periodic worker."""
+    STATE.nodes, STATE.objects = kwargs["gpu_nodes"], kwargs["llmdeployments"]
+    STATE.pods, STATE.replicas = kwargs["gpu_pods"], kwargs["replica_pods"]
+
+
+def _latest(index: kopf.Index[Any, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest value of every key. The keys are copied first (in one C-level step): Kopf's watch
+    changes the index from another thread while the worker and handler threads read it."""
+    out = []
+    for key in list(index):
+        store = index.get(key)
+        found = list(store) if store is not None else []
+        if found:
+            out.append(found[-1])
+    return out
+
+
 def _nodes(index: kopf.Index[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    latest: dict[str, dict[str, Any]] = {}
-    for name, store in index.items():
-        for item in store:
-            latest[name] = item
-    return list(latest.values())
+    return _latest(index)
 
 
 def _post(body: kopf.Body | dict[str, Any], events: list[Event]) -> None:
@@ -154,15 +219,17 @@ def _post(body: kopf.Body | dict[str, Any], events: list[Event]) -> None:
 
 
 def _free_gpus(nodes: list[dict[str, Any]]) -> dict[str, list[int]] | None:
-    """Unrequested GPUs per node by type, from the pods bound to nodes (None when they cannot be listed)."""
-    try:
-        resp = client.CoreV1Api(api_client()).list_pod_for_all_namespaces(
-            field_selector="status.phase!=Succeeded,status.phase!=Failed", _preload_content=False)
-        bound = json.loads(resp.data)["items"]  # type: ignore[attr-defined]
-    except (client.ApiException, ValueError, KeyError) as exc:
-        log.warning("cannot list pods for free GPUs (%s): rollouts surge", exc)
+    """Unrequested GPUs per node by type, from the GPU pods bound to nodes (None before the pod index
+    is known: rollouts then surge)."""
+    if STATE.pods is None:
         return None
-    return {g.name: free_gpus(nodes, bound, g) for g in _catalog().gpus}
+    bound = _latest(STATE.pods)
+    out: dict[str, list[int]] = {}
+    for g in _catalog().gpus:  # the pods are counted only for the GPU types some node has
+        mine = [n for n in nodes if ((n.get("metadata") or {}).get("labels") or {}).get(g.product_label_key)
+                in g.product_labels]
+        out[g.name] = free_gpus(mine, bound, g) if mine else []
+    return out
 
 
 def _live_children(api: client.ApiClient, ns: str, status: dict[str, Any]) -> dict[str, str]:
@@ -186,7 +253,34 @@ def api_message(exc: client.ApiException) -> str:
         return str(exc.reason)
 
 
-def _reconcile(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, dict[str, Any]]) -> bool:
+def _lock(key: tuple[str, str]) -> threading.Lock:
+    with STATE.locks_guard:
+        return STATE.locks.setdefault(key, threading.Lock())
+
+
+def _recently_reconciled(body: kopf.Body | dict[str, Any]) -> bool:
+    """This generation was reconciled within half the re-plan interval. Kopf's creation handler and the
+    periodic pass both see a new object before its first status lands; without this, the second one
+    planned it again on a stale body (and with fewer free GPUs), and its Deployment changed twice."""
+    meta = body["metadata"]
+    last = STATE.reconciled.get((meta["namespace"], meta["name"]))
+    return last is not None and last[0] == int(meta.get("generation", 1)) \
+        and time.monotonic() - last[1] < STATE.settings.replan_interval_s / 2  # the next pass still retries
+
+
+def _reconcile(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, dict[str, Any]],
+               unless_recent: bool = False) -> bool:
+    """One object at a time; ``unless_recent``: skip a generation reconciled moments ago (see above)."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    with _lock(key):
+        if unless_recent and _recently_reconciled(body):
+            return True
+        planned = _reconcile_now(body, gpu_nodes)
+        STATE.reconciled[key] = (int(body["metadata"].get("generation", 1)), time.monotonic())
+        return planned
+
+
+def _reconcile_now(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, dict[str, Any]]) -> bool:
     meta, ns, name = body["metadata"], body["metadata"]["namespace"], body["metadata"]["name"]
     api = api_client()
     status = dict(body.get("status", {}) or {})
@@ -254,8 +348,8 @@ def _reconcile(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, dict
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 def plan_and_apply(body: kopf.Body, **kwargs: Any) -> None:
-    STATE.nodes, STATE.objects = kwargs["gpu_nodes"], kwargs["llmdeployments"]
-    _reconcile(body, kwargs["gpu_nodes"])
+    _capture(kwargs)
+    _reconcile(body, kwargs["gpu_nodes"], unless_recent=True)
 
 
 def reconcile_if_due(body: dict[str, Any]) -> None:
@@ -272,11 +366,15 @@ def reconcile_if_due(body: dict[str, Any]) -> None:
                                                                                       _catalog())
     stale = status.get("observedGeneration") != body["metadata"].get("generation")
     if unplanned or gone or stale:
-        _reconcile(body, STATE.nodes)
+        _reconcile(body, STATE.nodes, unless_recent=True)
 
 
 def _periodic(body: dict[str, Any], replan: bool) -> None:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    latest = _indexed(*key)  # the newest copy: a long pass reaches its last objects minutes after it began
+    if latest is None:
+        return  # deleted since the pass began
+    body = latest
     try:
         if replan:
             reconcile_if_due(body)
@@ -299,7 +397,7 @@ def _periodic(body: dict[str, Any], replan: bool) -> None:
 def _pass(pool: ThreadPoolExecutor, replan: bool) -> None:
     if STATE.objects is None:
         return
-    bodies = [items[-1] for items in (list(store) for store in list(STATE.objects.values())) if items]
+    bodies = _latest(STATE.objects)
     started = time.monotonic()
     list(pool.map(lambda b: _periodic(b, replan), bodies))
     metrics.PASS_SECONDS.set(time.monotonic() - started)
@@ -371,6 +469,10 @@ def restore_if_drifted(kind: str, body: kopf.Body, event_type: str | None) -> No
     want = (STATE.applied.get((ns, owner)) or (parent.get("status") or {}).get("children") or {}).get(key)
     have = None if event_type == "DELETED" else marker({**body, "kind": kind})
     if want is not None and have != want:
+        live = read_child(api_client(), ns, key)  # a watch can deliver an event older than the last apply
+        if live is not None and marker(live) == want:
+            return
+        have = None if live is None else marker(live)
         log.info("%s/%s %s (%s, applied as %s): restoring", ns, key, "deleted" if have is None else "changed",
                  have, want)
         try:
@@ -381,13 +483,13 @@ def restore_if_drifted(kind: str, body: kopf.Body, event_type: str | None) -> No
 
 @kopf.on.event("", "v1", "services", labels={INSTANCE_LABEL: kopf.PRESENT})
 def service_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-    STATE.nodes, STATE.objects = kwargs["gpu_nodes"], kwargs["llmdeployments"]
+    _capture(kwargs)
     restore_if_drifted("Service", body, type)
 
 
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={INSTANCE_LABEL: kopf.PRESENT})
 def pdb_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
-    STATE.nodes, STATE.objects = kwargs["gpu_nodes"], kwargs["llmdeployments"]
+    _capture(kwargs)
     restore_if_drifted("PodDisruptionBudget", body, type)
 
 
@@ -395,7 +497,7 @@ def pdb_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
 def deployment_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
     """Restore the vLLM Deployment if someone else changed it; mirror its progress into the owning
     LLMDeployment's status (only on change)."""
-    STATE.nodes, STATE.objects = kwargs["gpu_nodes"], kwargs["llmdeployments"]
+    _capture(kwargs)
     restore_if_drifted("Deployment", body, type)
     owners = [o for o in body["metadata"].get("ownerReferences", []) if o.get("kind") == KIND]
     if not owners or type == "DELETED":
@@ -441,12 +543,6 @@ def _prometheus(spec: LLMDeploymentSpec, namespace: str) -> PrometheusSource | s
     return PrometheusSource(url=m.prometheus_url or "", bearer_token=token)
 
 
-def _source(spec: LLMDeploymentSpec, namespace: str) -> MetricsSource | str:
-    if spec.autoscaling.metrics.type is MetricsSourceType.PROMETHEUS:
-        return _prometheus(spec, namespace)
-    return PodScrapeSource()
-
-
 def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     """Measure -> decide (pure policy) -> scale through the scale subresource -> status + Event."""
     raw, status = dict(body.get("spec", {})), dict(body.get("status") or {})
@@ -456,8 +552,7 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     api = api_client()
-    pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=selector_string(name))
-    pod_dicts = [api.sanitize_for_serialization(p) for p in pods.items]  # type: ignore[no-untyped-call]
+    pod_dicts = _pods_of(api, ns, name)
     view = classify_pods(pod_dicts, spec.vllm.port)
     # a pod that never answered is still loading its model: starting, not missing; one that served and
     # now fails readiness while its process runs is read too (it may be overloaded, not idle)
@@ -465,7 +560,10 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     seen.intersection_update(t.pod for t in [*view.ready, *view.unready])
     served_unready = [t for t in view.unready if t.pod in seen]
     targets = [*view.ready, *served_unready]
-    source = _source(spec, ns)
+    from_prometheus = spec.autoscaling.metrics.type is MetricsSourceType.PROMETHEUS
+    # one allowlist check and one Secret read per pass, for the replica metrics and the activation query alike
+    prom = _prometheus(spec, ns) if from_prometheus or spec.autoscaling.activation else None
+    source: MetricsSource | str = prom if from_prometheus and prom is not None else PodScrapeSource()
     if isinstance(source, str):  # nothing is read, so nothing is decided: replicas hold
         update_status(api, ns, name, {}, [(c.METRICS_AVAILABLE, False, "PrometheusRefused", source)], _now(),
                       generation=int(meta.get("generation") or 0) or None)
@@ -488,7 +586,7 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     act = spec.autoscaling.activation
     activation_error = ""
     if act is not None and (decision.current == 0 or decision.desired == 0):
-        prom = _prometheus(spec, ns)
+        assert prom is not None  # made above whenever an activation is set
         demand, activation_error = (None, prom) if isinstance(prom, str) else prom.value(act.query)
         decision = activate(decision, demand, act.threshold, spec.autoscaling.min_replicas)
         if demand is not None:
@@ -536,7 +634,8 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
         client.CustomObjectsApi(api).patch_namespaced_custom_object_scale(
             GROUP, VERSION, ns, PLURAL, name, {"spec": {"replicas": decision.desired}}, field_manager=FIELD_MANAGER)
     STATE.policy[key] = state  # committed once what it records (a scale-down time, panic) has happened
-    update_status(api, ns, name, fields, updates, now, generation=int(meta.get("generation") or 0) or None)
+    update_status(api, ns, name, fields, updates, now, generation=int(meta.get("generation") or 0) or None,
+                  current=None if changes else body)  # after a scale the copy is stale for sure
     if changes:
         reason = ("ScaleRecommended" if dry else "ScaledUp" if decision.direction == "up" else "ScaledDown")
         _post(body, [Event("Normal", reason, decision.reason)])

@@ -30,6 +30,18 @@ def serve_page(ip: str, port: int, page: Callable[[], str]) -> http.server.Threa
     return srv
 
 
+def close_all(servers: list[http.server.ThreadingHTTPServer]) -> None:
+    """Stop servers together: each shutdown waits out its serve_forever poll (0.5 s), a thousand in turn
+    took seven minutes."""
+    threads = [threading.Thread(target=srv.shutdown) for srv in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for srv in servers:
+        srv.server_close()
+
+
 class PodPages:
     """Serve ``page`` on the IP of every pod matching ``selector`` as pods appear (kwok pods have no
     process: this stands in for their vLLM's /metrics)."""
@@ -48,9 +60,7 @@ class PodPages:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        for srv in self.servers.values():
-            srv.shutdown()
-            srv.server_close()
+        close_all(list(self.servers.values()))
 
     def _run(self) -> None:
         from kubernetes import client
@@ -58,10 +68,7 @@ class PodPages:
         core = client.CoreV1Api(self.api)
         while not self._stop.wait(0.5):
             if self.paused:
-                for addr in list(self.servers):
-                    srv = self.servers.pop(addr)
-                    srv.shutdown()
-                    srv.server_close()
+                close_all([self.servers.pop(addr) for addr in list(self.servers)])
                 continue
             try:
                 pods = core.list_namespaced_pod(self.namespace, label_selector=self.selector).items
