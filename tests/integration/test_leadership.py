@@ -107,8 +107,12 @@ def test_one_replica_acts_and_the_standby_takes_over(api, namespace: str, cluste
         assert takeover <= LEASE_DURATION_S + 3 * RETRY_PERIOD_S + 5, takeover
         wait_for(lambda: objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "busy")
                  ["spec"].get("replicas") == 1, 90, "the new leader to scale 2 -> 1")
-        history = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "busy")["status"]["history"]
-        applied = [(h["replicas"], h["desiredReplicas"]) for h in history if h["applied"]]
+        def applied_history() -> list[dict[str, Any]]:  # the record follows the scale write
+            got = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "busy")["status"]
+            return [h for h in got.get("history") or [] if h["applied"]]
+
+        history = wait_for(lambda: len(applied_history()) >= 2 and applied_history(), 30, "the 2 -> 1 record")
+        applied = [(h["replicas"], h["desiredReplicas"]) for h in history]
         assert applied == [(1, 2), (2, 1)], history
         assert scale_writes(cluster) - writes0 == 2, "one scale write per decision, none doubled"
         print(f"\nfailover after SIGKILL: {takeover:.1f} s to the first reconcile by the standby")

@@ -6,6 +6,7 @@ A target that cannot be read is reported as missing, never as zero load.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +43,20 @@ class MetricsUnavailable(RuntimeError):
     pass
 
 
+_SCRAPERS = threading.local()
+
+
+def _scrape_client(timeout_s: float, concurrency: int) -> httpx.Client:
+    """One HTTP client per calling thread, kept across passes. A client per read built a TLS context
+    (the CA bundle loaded) each time: at a thousand LLMDeployments that was seconds of every pass, and
+    the freed contexts left the operator's memory fragmented."""
+    key = (timeout_s, concurrency)
+    clients: dict[tuple[float, int], httpx.Client] = _SCRAPERS.__dict__.setdefault("clients", {})
+    if key not in clients:
+        clients[key] = httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=concurrency))
+    return clients[key]
+
+
 @dataclass
 class PodScrapeSource:
     """GET http://<pod IP>:<port>/metrics on each Ready pod (no extra dependency)."""
@@ -61,10 +76,12 @@ class PodScrapeSource:
 
         if not targets:
             return Readings({}, (), ())
-        limits = httpx.Limits(max_connections=self.concurrency)
-        with httpx.Client(timeout=self.timeout_s, limits=limits) as http, \
-                ThreadPoolExecutor(min(self.concurrency, len(targets))) as pool:
-            results = list(pool.map(lambda t: one(http, t), targets))
+        http = _scrape_client(self.timeout_s, self.concurrency)
+        if len(targets) == 1:
+            results = [one(http, targets[0])]
+        else:
+            with ThreadPoolExecutor(min(self.concurrency, len(targets))) as pool:
+                results = list(pool.map(lambda t: one(http, t), targets))
         out = {t.pod: r for t, r in zip(targets, results, strict=True) if not isinstance(r, str)}
         missing = tuple(t.pod for t, r in zip(targets, results, strict=True) if isinstance(r, str))
         return Readings(out, missing, tuple(r for r in results if isinstance(r, str)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kubernetes import client
@@ -106,14 +106,15 @@ CONFLICT_PAUSE_S = (0.02, 0.2)
 def update_status(api: client.ApiClient, namespace: str, name: str, fields: dict[str, Any],
                   condition_updates: Sequence[tuple[str, bool | str, str, str]], now: str,
                   attempts: int = STATUS_ATTEMPTS,
-                  generation: int | None = None, current: dict[str, Any] | None = None) -> bool:
+                  generation: int | None = None, current: dict[str, Any] | None = None,
+                  written: Callable[[str], None] | None = None) -> bool:
     """Merge ``fields`` into .status and set conditions on the freshest copy (optimistic concurrency),
     so writers of different conditions never erase each other's. Returns whether anything was written.
 
     ``generation``: the spec generation these conditions were decided on (default: the one read now);
     a condition never claims to have seen a spec newer than the one it judged. ``current``: a copy the
     caller holds (a watch's), tried first instead of a read: when it is stale the write conflicts and
-    the next attempt reads.
+    the next attempt reads. ``written``: told the resourceVersion a write produced.
     """
     from . import conditions as c
 
@@ -136,8 +137,10 @@ def update_status(api: client.ApiClient, namespace: str, name: str, fields: dict
         body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
                 "status": {**changed, "conditions": new}}
         try:
-            client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+            out = client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, body, field_manager=FIELD_MANAGER)
+            if written is not None and isinstance(out, dict):
+                written(str(out["metadata"]["resourceVersion"]))
             return True
         except ApiException as exc:
             if exc.status != 409:

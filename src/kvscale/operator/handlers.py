@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -78,6 +79,7 @@ class _State:
     applied: dict[tuple[str, str], dict[str, str]] = {}  # noqa: RUF012  # children markers from the last apply
     # (generation, monotonic time) of the last reconcile that ran to its end, per object
     reconciled: dict[tuple[str, str], tuple[int, float]] = {}  # noqa: RUF012
+    status_written: dict[tuple[str, str], str] = {}  # noqa: RUF012  # resourceVersion of kvscale's last status write
     locks: dict[tuple[str, str], threading.Lock] = {}  # noqa: RUF012  # one reconcile of an object at a time
     locks_guard: threading.Lock = threading.Lock()
     stop: threading.Event = threading.Event()
@@ -128,8 +130,11 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _catalog()
 
 
+# The indexes are async: they run on Kopf's event loop at once. Sync, each event waited for a free
+# executor thread behind the reconciles, and every waiting event held its whole body (at a thousand
+# LLMDeployments, hundreds of MB of queued pod and node events).
 @kopf.index("", "v1", "nodes")
-def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+async def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     """Nodes by name, reduced to what GPU discovery reads."""
     return {body["metadata"]["name"]: {
         "metadata": {"name": body["metadata"]["name"], "labels": dict(body.get("metadata", {}).get("labels", {}))},
@@ -140,7 +145,7 @@ def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def llmdeployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def llmdeployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """LLMDeployments by (namespace, name), for the periodic worker (no finalizer, unlike Kopf timers)."""
     meta = body["metadata"]
     return {(meta["namespace"], meta["name"]): {
@@ -149,7 +154,7 @@ def llmdeployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str,
 
 
 @kopf.index("", "v1", "pods")
-def gpu_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
+async def gpu_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
     """Pods that request GPUs, reduced to their node, phase and GPU requests: what free-GPU counting
     reads, kept current by the watch instead of a cluster-wide pod list per reconcile (at a thousand
     LLMDeployments that list was two thirds of the operator's time)."""
@@ -169,7 +174,7 @@ def gpu_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]
 
 
 @kopf.index("", "v1", "pods", labels={INSTANCE_LABEL: kopf.PRESENT})
-def replica_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def replica_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """kvscale's vLLM pods by (namespace, LLMDeployment): the autoscale pass reads them here instead of
     listing them from the API server for every object on every tick."""
     meta = body["metadata"]
@@ -191,6 +196,21 @@ def _capture(kwargs: dict[str, Any]) -> None:
     """Kopf hands its indexes to handlers only: keep them for the periodic worker."""
     STATE.nodes, STATE.objects = kwargs["gpu_nodes"], kwargs["llmdeployments"]
     STATE.pods, STATE.replicas = kwargs["gpu_pods"], kwargs["replica_pods"]
+
+
+def _write_status(api: client.ApiClient, ns: str, name: str, fields: dict[str, Any],
+                  updates: Sequence[tuple[str, bool | str, str, str]], now: str,
+                  generation: int | None = None, trust_copy: bool = True) -> bool:
+    """update_status for the frequent writers (every autoscale tick, every Deployment event), starting
+    from the watch's copy instead of a read when that copy is known to include kvscale's own last status
+    write (same resourceVersion). A copy that is older could hide a change (a condition flipped and
+    back) and is never trusted; one whose version is unknown costs the read as before."""
+    key = (ns, name)
+    copy = _indexed(ns, name)
+    trusted = copy if trust_copy and copy is not None and STATE.status_written.get(key) == \
+        copy["metadata"].get("resourceVersion") else None
+    return update_status(api, ns, name, fields, updates, now, generation=generation, current=trusted,
+                         written=lambda rv: STATE.status_written.__setitem__(key, rv))
 
 
 def _latest(index: kopf.Index[Any, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -518,7 +538,7 @@ def deployment_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None
     updates = [(c.AVAILABLE, ok, reason, message), progress]
     fields = {"replicas": int(st.get("replicas") or 0), "readyReplicas": ready}
     try:
-        update_status(api_client(), ns, name, fields, updates, _now())
+        _write_status(api_client(), ns, name, fields, updates, _now())
     except StatusConflict as exc:  # the next Deployment event carries the same news
         log.warning("mirroring Deployment %s/%s: %s", ns, name, exc)
     metrics.ACTUAL.labels(ns, name).set(ready)
@@ -634,8 +654,8 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
         client.CustomObjectsApi(api).patch_namespaced_custom_object_scale(
             GROUP, VERSION, ns, PLURAL, name, {"spec": {"replicas": decision.desired}}, field_manager=FIELD_MANAGER)
     STATE.policy[key] = state  # committed once what it records (a scale-down time, panic) has happened
-    update_status(api, ns, name, fields, updates, now, generation=int(meta.get("generation") or 0) or None,
-                  current=None if changes else body)  # after a scale the copy is stale for sure
+    _write_status(api, ns, name, fields, updates, now, generation=int(meta.get("generation") or 0) or None,
+                  trust_copy=not changes)  # after a scale write the watch's copy is older for sure
     if changes:
         reason = ("ScaleRecommended" if dry else "ScaledUp" if decision.direction == "up" else "ScaledDown")
         _post(body, [Event("Normal", reason, decision.reason)])
