@@ -47,9 +47,9 @@ _SCRAPERS = threading.local()
 
 
 def _scrape_client(timeout_s: float, concurrency: int) -> httpx.Client:
-    """One HTTP client per calling thread, kept across passes. A client per read built a TLS context
-    (the CA bundle loaded) each time: at a thousand LLMDeployments that was seconds of every pass, and
-    the freed contexts left the operator's memory fragmented."""
+    """One HTTP client per calling thread, kept across passes: a client per read built a TLS context
+    (loading the CA bundle) for every plain-HTTP scrape, a thousand times a pass at a thousand
+    LLMDeployments."""
     key = (timeout_s, concurrency)
     clients: dict[tuple[float, int], httpx.Client] = _SCRAPERS.__dict__.setdefault("clients", {})
     if key not in clients:
