@@ -98,21 +98,26 @@ def test_70b_is_planned_on_h100_and_runs(api, namespace: str, operator, cluster:
     assert "kvscale_reconciles_total" in operator.metrics()
 
 
+def roll_max_model_len(api: Any, ns: str, name: str, max_len: int) -> Any:
+    """Change spec.serving.maxModelLen; the vLLM Deployment once its template carries the new value."""
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, name, {"spec": {"serving": {"maxModelLen": max_len}}})
+
+    def rolled() -> Any:
+        d = client.AppsV1Api(api).read_namespaced_deployment(name, ns)
+        a = d.spec.template.spec.containers[0].args
+        return a[a.index("--max-model-len") + 1] == str(max_len) and d
+
+    return wait_for(rolled, what="new --max-model-len")
+
+
 def test_spec_change_replans_and_rolls_out(api, namespace: str, operator) -> None:  # type: ignore[no-untyped-def]
     create(api, namespace, llmd("roll", model="meta-llama/Llama-3.1-8B-Instruct", max_len=8192, gpus=["L4"],
                                concurrency=2))
     apps = client.AppsV1Api(api)
     dep = wait_for(lambda: apps.read_namespaced_deployment("roll", namespace), what="Deployment")
     first_gen = dep.metadata.generation
-    client.CustomObjectsApi(api).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, "roll", {"spec": {"serving": {"maxModelLen": 16384}}})
-
-    def rolled() -> Any:
-        d = apps.read_namespaced_deployment("roll", namespace)
-        a = d.spec.template.spec.containers[0].args
-        return a[a.index("--max-model-len") + 1] == "16384" and d
-
-    dep = wait_for(rolled, what="new --max-model-len")
+    dep = roll_max_model_len(api, namespace, "roll", 16384)
     assert dep.metadata.generation > first_gen
     obj = wait_for(lambda: (o := get(api, namespace, "roll"))["status"].get("observedGeneration") == 2 and o,
                    what="observedGeneration 2")
@@ -129,15 +134,7 @@ def test_a_rollout_on_full_nodes_replaces_instead_of_surging(api, namespace: str
     assert dep.spec.replicas == 2
     pods = lambda: core.list_namespaced_pod(namespace, label_selector="kvscale.io/llmdeployment=full").items  # noqa: E731
     wait_for(lambda: len([p for p in pods() if p.spec.node_name]) == 2, what="both pods bound")
-    client.CustomObjectsApi(api).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, "full", {"spec": {"serving": {"maxModelLen": 16384}}})
-
-    def rolled() -> Any:
-        d = apps.read_namespaced_deployment("full", namespace)
-        a = d.spec.template.spec.containers[0].args
-        return a[a.index("--max-model-len") + 1] == "16384" and d
-
-    dep = wait_for(rolled, what="new --max-model-len")
+    dep = roll_max_model_len(api, namespace, "full", 16384)
     assert (dep.spec.strategy.rolling_update.max_surge, dep.spec.strategy.rolling_update.max_unavailable) == (0, 1)
     assert "no node has 8 free" in dep.metadata.annotations["kvscale.io/rollout"]
 
