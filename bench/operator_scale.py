@@ -15,6 +15,7 @@ import re
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,17 @@ MODELS = ["Qwen/Qwen2.5-0.5B-Instruct", "meta-llama/Llama-3.1-8B-Instruct", "Qwe
           "mistralai/Mistral-7B-Instruct-v0.3", "Qwen/Qwen2.5-7B-Instruct"]
 
 
-def request_count(cluster: LocalCluster) -> int:
+def request_counts(cluster: LocalCluster) -> Counter[str]:
+    """apiserver_request_total by verb, resource and subresource (all clients)."""
     with cluster.http() as h:
         text = h.get("/metrics").text
-    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
-               if line.startswith("apiserver_request_total{"))
+    out: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            what = " ".join(x for x in (labels.get("verb"), labels.get("resource"), labels.get("subresource")) if x)
+            out[what] += int(float(line.rsplit(" ", 1)[1]))
+    return out
 
 
 def body(i: int) -> dict[str, Any]:
@@ -86,7 +93,7 @@ def main() -> None:
                 time.sleep(0.5)
 
         threading.Thread(target=sample, daemon=True).start()
-        before = request_count(cluster)
+        before = request_counts(cluster)
         t0 = time.monotonic()
         for i in range(args.count):
             custom.create_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL, body(i))
@@ -103,8 +110,9 @@ def main() -> None:
                 break
             time.sleep(1)
         elapsed = time.monotonic() - t0
+        planning_peak = max(peak)
         time.sleep(5)
-        after = request_count(cluster)
+        after = request_counts(cluster)
         core: Any = client.CoreV1Api(api)
         pending = sum(1 for p in core.list_namespaced_pod("bench").items if not p.spec.node_name)
         with PodPages(api, "bench", "kvscale.io/llmdeployment", 8000, lambda: PAGE) as pages:
@@ -119,14 +127,18 @@ def main() -> None:
             text = op.metrics()
             pass_s = gauge(text, "kvscale_periodic_pass_seconds")
         running = sum(1 for p in core.list_namespaced_pod("bench").items if p.status.pod_ip)
+        op_rss_end = op.rss_bytes()
         done.set()
         op.stop()
     errors = len(re.findall(r"Traceback", (work / "operator.log").read_text()))
     print(f"LLMDeployments:                 {args.count} (created in {created:.1f} s)")
     print(f"all Planned + Deployments:      {elapsed:.1f} s   (target <= 60 s)")
-    print(f"operator peak RSS:              {max(peak) / 2**20:.0f} MiB   (target <= 300 MB)")
-    print(f"API requests per LLMDeployment: {(after - before) / args.count:.1f} "
+    print(f"operator peak RSS:              {max(peak) / 2**20:.0f} MiB   (target <= 300 MB; "
+          f"{planning_peak / 2**20:.0f} MiB until all were Planned, {op_rss_end / 2**20:.0f} MiB at the end)")
+    spent = after - before
+    print(f"API requests per LLMDeployment: {spent.total() / args.count:.1f} "
           f"(all clients: operator, controllers, kwok, this script)")
+    print("  of which: " + ", ".join(f"{what} {n / args.count:.1f}" for what, n in spent.most_common(8)))
     print(f"replicas with a metrics page:   {served} of {running} pods with an IP ({pending} pods unschedulable: "
           "the fleet is smaller than the plans)")
     print(f"one autoscale pass over all:    {pass_s if pass_s is None else round(pass_s, 1)} s   "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -149,3 +150,22 @@ def test_secrets_opt_in_and_tokens_stay_out_of_reprs() -> None:
     assert "lacks the label" in (secret_error("tok", {"app": "x"}) or "")
     assert secret_error("tok", None) is not None
     assert "s3cr3t" not in repr(PrometheusSource(url="http://p:9090", bearer_token="s3cr3t"))
+
+
+class _Index(dict):  # type: ignore[type-arg]
+    """What Kopf's index looks like to the worker: key -> a store of values."""
+
+
+def test_a_pass_forgets_what_it_held_for_deleted_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept, gone = ("ns", "kept"), ("ns", "gone")
+    body = {"metadata": {"namespace": "ns", "name": "kept"}, "spec": {}, "status": {}}
+    monkeypatch.setattr(handlers.STATE, "objects", _Index({kept: [body]}))
+    for table in ("policy", "serving", "applied", "reconciled", "status_written", "locks"):
+        monkeypatch.setattr(handlers.STATE, table, {kept: object(), gone: object()})
+    seen: list[str] = []
+    monkeypatch.setattr(handlers, "_periodic", lambda b, replan: seen.append(b["metadata"]["name"]))
+    with ThreadPoolExecutor(2) as pool:
+        handlers._pass(pool, replan=False)
+    assert seen == ["kept"]
+    for table in ("policy", "serving", "applied", "reconciled", "status_written", "locks"):
+        assert set(getattr(handlers.STATE, table)) == {kept}, table

@@ -47,9 +47,10 @@ from .autoscale import (
 )
 from .discovery import free_gpus, gpu_options
 from .health import Liveness
+from .latest_work import LatestWork
 from .leadership import LeaseElector
 from .prometheus_access import secret_error, url_error
-from .reconcile import Event, Reconciliation, availability, child_key, parse_spec, reconcile
+from .reconcile import Event, Reconciliation, child_key, deployment_progress, parse_spec, reconcile
 from .render import INSTANCE_LABEL, selector_string
 from .resource import GROUP, KIND, PLURAL, VERSION, LLMDeploymentSpec, MetricsSourceType
 from .settings import OperatorSettings
@@ -59,6 +60,9 @@ log = logging.getLogger("kvscale.operator")
 
 #: how long Kopf keeps a per-object worker (and the body it last saw) after that object's last event
 IDLE_WORKER_S = 0.5
+
+#: the parts of a vLLM pod's status the autoscale pass reads (autoscale.classify_pods, pod_failures)
+REPLICA_STATUS_FIELDS = ("phase", "podIP", "conditions", "containerStatuses")
 
 #: LLMDeployments worked on at once by the periodic pass: one slow object (a pod whose scrape times
 #: out, a slow Prometheus) then delays only its own slot, and the API sees a bounded burst
@@ -88,6 +92,11 @@ class _State:
 
 
 STATE = _State()
+
+#: threads for what children's events ask (a status mirror, a restore): few, since each is one or
+#: two API calls, and the newest request per object replaces a queued one (latest_work.py)
+CHILD_WRITER_THREADS = 4
+WRITERS = LatestWork(CHILD_WRITER_THREADS, "kvscale-children")
 
 
 def _now() -> str:
@@ -149,8 +158,14 @@ async def llmdeployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dic
     """LLMDeployments by (namespace, name), for the periodic worker (no finalizer, unlike Kopf timers)."""
     meta = body["metadata"]
     return {(meta["namespace"], meta["name"]): {
-        "apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(meta),
+        "apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": _slim(meta),
         "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}}
+
+
+def _slim(meta: Any) -> dict[str, Any]:
+    """Metadata without managedFields: nothing kvscale reads, and, with one field manager per writer
+    (user, status, scale, Kopf), most of what an indexed object would otherwise hold."""
+    return {k: v for k, v in meta.items() if k != "managedFields"}
 
 
 @kopf.index("", "v1", "pods")
@@ -177,11 +192,12 @@ async def gpu_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str,
 async def replica_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """kvscale's vLLM pods by (namespace, LLMDeployment): the autoscale pass reads them here instead of
     listing them from the API server for every object on every tick."""
-    meta = body["metadata"]
+    meta, st = body["metadata"], body.get("status") or {}
     return {(meta["namespace"], meta["labels"][INSTANCE_LABEL]): {
         "metadata": {k: meta.get(k) for k in ("name", "namespace", "labels", "annotations", "deletionTimestamp",
                                               "creationTimestamp") if meta.get(k) is not None},
-        "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}}
+        # what classify_pods, pod_failures and deletion_costs read; not the pod spec, the largest part
+        "status": {k: st[k] for k in REPLICA_STATUS_FIELDS if k in st}}}
 
 
 def _pods_of(api: client.ApiClient, ns: str, name: str) -> list[dict[str, Any]]:
@@ -414,10 +430,24 @@ def _periodic(body: dict[str, Any], replan: bool) -> None:
         log.exception("periodic work on %s/%s failed", *key)
 
 
+def _forget_deleted(present: set[tuple[str, str]]) -> None:
+    """Drop what the operator remembers per LLMDeployment (policy state, markers, locks) for the ones
+    that no longer exist: an operator that runs for months sees many come and go."""
+    tables: list[dict[tuple[str, str], Any]] = [STATE.policy, STATE.serving, STATE.applied, STATE.reconciled,
+                                                STATE.status_written]
+    for table in tables:
+        for key in [k for k in list(table) if k not in present]:
+            table.pop(key, None)
+    with STATE.locks_guard:
+        for key in [k for k in STATE.locks if k not in present]:
+            del STATE.locks[key]
+
+
 def _pass(pool: ThreadPoolExecutor, replan: bool) -> None:
     if STATE.objects is None:
         return
     bodies = _latest(STATE.objects)
+    _forget_deleted({(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies})
     started = time.monotonic()
     list(pool.map(lambda b: _periodic(b, replan), bodies))
     metrics.PASS_SECONDS.set(time.monotonic() - started)
@@ -477,44 +507,67 @@ def _indexed(ns: str, name: str) -> dict[str, Any] | None:
 
 
 def restore_if_drifted(kind: str, body: kopf.Body, event_type: str | None) -> None:
-    """A child kvscale applied was deleted or changed by another client: apply it again now."""
+    """A child kvscale applied was deleted or changed by another client: apply it again now.
+
+    Decided on Kopf's loop from the event alone (no I/O); only a child that differs from what was
+    applied is read and restored, on a writer thread."""
     owners = [o for o in body["metadata"].get("ownerReferences", []) if o.get("kind") == KIND]
     if not owners or STATE.nodes is None:
         return
     ns, owner = body["metadata"]["namespace"], owners[0]["name"]
-    parent = _indexed(ns, owner)
-    if parent is None or parent["metadata"].get("deletionTimestamp"):
-        return  # the owner is going: garbage collection removes its children
     key = f"{kind}/{body['metadata']['name']}"
-    want = (STATE.applied.get((ns, owner)) or (parent.get("status") or {}).get("children") or {}).get(key)
+    want = _applied_marker(ns, owner, key)
     have = None if event_type == "DELETED" else marker({**body, "kind": kind})
     if want is not None and have != want:
+        WRITERS.submit(("restore", ns, key), lambda: _restore(ns, owner, key))
+
+
+def _applied_marker(ns: str, owner: str, key: str) -> str | None:
+    """What kvscale last applied of this child (None: nothing, or its owner is going away)."""
+    parent = _indexed(ns, owner)
+    if parent is None or parent["metadata"].get("deletionTimestamp"):
+        return None  # the owner is going: garbage collection removes its children
+    applied = STATE.applied.get((ns, owner)) or (parent.get("status") or {}).get("children") or {}
+    return applied.get(key)
+
+
+def _restore(ns: str, owner: str, key: str) -> None:
+    # under the owner's lock, so a reconcile in progress has recorded what it applied: an event for its
+    # own apply is not mistaken for someone else's change
+    with _lock((ns, owner)):
+        want = _applied_marker(ns, owner, key)
+        if want is None or STATE.nodes is None:
+            return
         live = read_child(api_client(), ns, key)  # a watch can deliver an event older than the last apply
         if live is not None and marker(live) == want:
             return
-        have = None if live is None else marker(live)
-        log.info("%s/%s %s (%s, applied as %s): restoring", ns, key, "deleted" if have is None else "changed",
-                 have, want)
-        try:
-            _reconcile(parent, STATE.nodes)
-        except (StatusConflict, kopf.TemporaryError) as exc:  # restored; recorded at the next event or pass
-            log.warning("restoring %s/%s: %s", ns, key, exc)
+    parent = _indexed(ns, owner)
+    if parent is None:
+        return
+    log.info("%s/%s %s (%s, applied as %s): restoring", ns, key, "deleted" if live is None else "changed",
+             None if live is None else marker(live), want)
+    try:
+        _reconcile(parent, STATE.nodes)
+    except (StatusConflict, kopf.TemporaryError) as exc:  # restored; recorded at the next event or pass
+        log.warning("restoring %s/%s: %s", ns, key, exc)
 
 
+# The children's handlers are async and return at once: what they decide to write goes to WRITERS
+# with the few values it needs, so no child body waits for a thread (see latest_work.py).
 @kopf.on.event("", "v1", "services", labels={INSTANCE_LABEL: kopf.PRESENT})
-def service_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+async def service_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
     _capture(kwargs)
     restore_if_drifted("Service", body, type)
 
 
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={INSTANCE_LABEL: kopf.PRESENT})
-def pdb_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+async def pdb_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
     _capture(kwargs)
     restore_if_drifted("PodDisruptionBudget", body, type)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={INSTANCE_LABEL: kopf.PRESENT})
-def deployment_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+async def deployment_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
     """Restore the vLLM Deployment if someone else changed it; mirror its progress into the owning
     LLMDeployment's status (only on change)."""
     _capture(kwargs)
@@ -523,25 +576,16 @@ def deployment_changed(body: kopf.Body, type: str | None, **kwargs: Any) -> None
     if not owners or type == "DELETED":
         return
     ns, name = body["metadata"]["namespace"], owners[0]["name"]
-    st = body.get("status", {}) or {}
-    desired = int(body.get("spec", {}).get("replicas") or 0)
-    ready, updated = int(st.get("readyReplicas") or 0), int(st.get("updatedReplicas") or 0)
-    seen = int(st.get("observedGeneration") or 0) >= int(body["metadata"].get("generation") or 0)
-    ok, reason, message = availability(ready, desired, updated, seen)
-    rolling = not (ready >= desired and updated >= desired and seen)
-    progress: tuple[str, bool, str, str] = (c.PROGRESSING, rolling, "Rollout" if rolling else "Complete", message)
-    for cond in st.get("conditions") or []:  # a stuck rollout, as the Deployment controller reports it
-        stuck = cond.get("reason") if cond.get("reason") in c.STUCK else (
-            "ReplicaFailure" if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True" else None)
-        if stuck:
-            progress = (c.PROGRESSING, False, stuck, f"{cond.get('message', '')} ({message})")
-    updates = [(c.AVAILABLE, ok, reason, message), progress]
-    fields = {"replicas": int(st.get("replicas") or 0), "readyReplicas": ready}
+    fields, updates = deployment_progress(body)
+    metrics.ACTUAL.labels(ns, name).set(fields["readyReplicas"])
+    WRITERS.submit(("mirror", ns, name), lambda: _mirror(ns, name, fields, updates))
+
+
+def _mirror(ns: str, name: str, fields: dict[str, Any], updates: list[tuple[str, bool | str, str, str]]) -> None:
     try:
         _write_status(api_client(), ns, name, fields, updates, _now())
     except StatusConflict as exc:  # the next Deployment event carries the same news
         log.warning("mirroring Deployment %s/%s: %s", ns, name, exc)
-    metrics.ACTUAL.labels(ns, name).set(ready)
 
 
 def _prometheus(spec: LLMDeploymentSpec, namespace: str) -> PrometheusSource | str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,6 +175,24 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
         out.events.append(Event("Warning", "ChildRestored", f"{', '.join(lost)} deleted or changed by another "
                                 "client: applied again"))
     return out
+
+
+def deployment_progress(body: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bool | str, str, str]]]:
+    """The status fields and conditions a vLLM Deployment's own status gives its LLMDeployment."""
+    st = body.get("status", {}) or {}
+    desired = int(body.get("spec", {}).get("replicas") or 0)
+    ready, updated = int(st.get("readyReplicas") or 0), int(st.get("updatedReplicas") or 0)
+    seen = int(st.get("observedGeneration") or 0) >= int(body["metadata"].get("generation") or 0)
+    ok, reason, message = availability(ready, desired, updated, seen)
+    rolling = not (ready >= desired and updated >= desired and seen)
+    progress: tuple[str, bool, str, str] = (c.PROGRESSING, rolling, "Rollout" if rolling else "Complete", message)
+    for cond in st.get("conditions") or []:  # a stuck rollout, as the Deployment controller reports it
+        stuck = cond.get("reason") if cond.get("reason") in c.STUCK else (
+            "ReplicaFailure" if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True" else None)
+        if stuck:
+            progress = (c.PROGRESSING, False, stuck, f"{cond.get('message', '')} ({message})")
+    fields = {"replicas": int(st.get("replicas") or 0), "readyReplicas": ready}
+    return fields, [(c.AVAILABLE, ok, reason, message), progress]
 
 
 def availability(ready: int, desired: int, updated: int, generation_seen: bool) -> tuple[bool, str, str]:
