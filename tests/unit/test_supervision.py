@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import threading
 import time
@@ -160,12 +161,50 @@ def test_a_pass_forgets_what_it_held_for_deleted_objects(monkeypatch: pytest.Mon
     kept, gone = ("ns", "kept"), ("ns", "gone")
     body = {"metadata": {"namespace": "ns", "name": "kept"}, "spec": {}, "status": {}}
     monkeypatch.setattr(handlers.STATE, "objects", _Index({kept: [body]}))
-    for table in ("policy", "serving", "applied", "reconciled", "status_written", "locks"):
+    for table in ("policy", "serving", "applied", "reconciled", "status_known", "locks"):
         monkeypatch.setattr(handlers.STATE, table, {kept: object(), gone: object()})
     seen: list[str] = []
     monkeypatch.setattr(handlers, "_periodic", lambda b, replan: seen.append(b["metadata"]["name"]))
     with ThreadPoolExecutor(2) as pool:
         handlers._pass(pool, replan=False)
     assert seen == ["kept"]
-    for table in ("policy", "serving", "applied", "reconciled", "status_written", "locks"):
+    for table in ("policy", "serving", "applied", "reconciled", "status_known", "locks"):
         assert set(getattr(handlers.STATE, table)) == {kept}, table
+
+
+def test_the_watch_copy_is_trusted_only_once_it_includes_kvscales_own_last_write(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    key = ("ns", "m")
+    calls: list[dict[str, Any] | None] = []
+    # the version each call leaves known: a write's, or that of a read which found nothing to change
+    versions = iter(["7", "7", "9", "9"])
+
+    def fake_update_status(*_: Any, current: dict[str, Any] | None, known: Any, **__: Any) -> bool:
+        calls.append(current)
+        known(next(versions))
+        return True
+
+    def copy(rv: str) -> dict[str, Any]:
+        return {"apiVersion": "kvscale.io/v1alpha1", "kind": "LLMDeployment",
+                "metadata": {"namespace": "ns", "name": "m", "resourceVersion": rv}, "spec": {}, "status": {}}
+
+    index = _Index({key: [copy("5")]})
+    monkeypatch.setattr(handlers.STATE, "objects", index)
+    monkeypatch.setattr(handlers.STATE, "status_known", {})
+    monkeypatch.setattr(handlers.STATE, "known_seen", set())
+    monkeypatch.setattr(handlers, "update_status", fake_update_status)
+
+    def write() -> dict[str, Any] | None:
+        handlers._write_status(None, "ns", "m", {}, [], "now")  # type: ignore[arg-type]
+        return calls[-1]
+
+    def watch_delivers(rv: str) -> None:
+        indexed = asyncio.run(handlers.llmdeployments(body=copy(rv)))
+        index[key] = [indexed[key]]
+
+    assert write() is None  # nothing known yet: read first (and the write produced "7")
+    assert write() is None  # the copy is still "5", older than kvscale's own write: read again
+    watch_delivers("7")
+    watch_delivers("8")  # another client changed it after: newer than kvscale's write, so it includes it
+    assert write() is not None and calls[-1]["metadata"]["resourceVersion"] == "8"  # type: ignore[index]
+    assert write() is None  # that wrote "9": "8" is now older than kvscale's last write

@@ -107,14 +107,15 @@ def update_status(api: client.ApiClient, namespace: str, name: str, fields: dict
                   condition_updates: Sequence[tuple[str, bool | str, str, str]], now: str,
                   attempts: int = STATUS_ATTEMPTS,
                   generation: int | None = None, current: dict[str, Any] | None = None,
-                  written: Callable[[str], None] | None = None) -> bool:
+                  known: Callable[[str], None] | None = None) -> bool:
     """Merge ``fields`` into .status and set conditions on the freshest copy (optimistic concurrency),
     so writers of different conditions never erase each other's. Returns whether anything was written.
 
     ``generation``: the spec generation these conditions were decided on (default: the one read now);
     a condition never claims to have seen a spec newer than the one it judged. ``current``: a copy the
     caller holds (a watch's), tried first instead of a read: when it is stale the write conflicts and
-    the next attempt reads. ``written``: told the resourceVersion a write produced.
+    the next attempt reads. ``known``: told each resourceVersion at which the status is known as it
+    is now: the one a write produced, or that of a fresh read that needed no write.
     """
     from . import conditions as c
 
@@ -133,14 +134,16 @@ def update_status(api: client.ApiClient, namespace: str, name: str, fields: dict
         if isinstance(changed.get("children"), dict):  # a merge patch keeps map keys it does not name
             changed["children"] = {**{k: None for k in status.get("children") or {}}, **changed["children"]}
         if not changed and c.same_conditions(new, conds):
+            if known is not None and obj is not current:
+                known(str(obj["metadata"]["resourceVersion"]))
             return False
         body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
                 "status": {**changed, "conditions": new}}
         try:
             out = client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, body, field_manager=FIELD_MANAGER)
-            if written is not None and isinstance(out, dict):
-                written(str(out["metadata"]["resourceVersion"]))
+            if known is not None and isinstance(out, dict):
+                known(str(out["metadata"]["resourceVersion"]))
             return True
         except ApiException as exc:
             if exc.status != 409:

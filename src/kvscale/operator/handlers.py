@@ -83,7 +83,10 @@ class _State:
     applied: dict[tuple[str, str], dict[str, str]] = {}  # noqa: RUF012  # children markers from the last apply
     # (generation, monotonic time) of the last reconcile that ran to its end, per object
     reconciled: dict[tuple[str, str], tuple[int, float]] = {}  # noqa: RUF012
-    status_written: dict[tuple[str, str], str] = {}  # noqa: RUF012  # resourceVersion of kvscale's last status write
+    # resourceVersion at which kvscale last wrote or freshly read an object's status, and the objects
+    # whose watch copy has since reached that version (so every later copy includes it)
+    status_known: dict[tuple[str, str], str] = {}  # noqa: RUF012
+    known_seen: set[tuple[str, str]] = set()  # noqa: RUF012
     locks: dict[tuple[str, str], threading.Lock] = {}  # noqa: RUF012  # one reconcile of an object at a time
     locks_guard: threading.Lock = threading.Lock()
     stop: threading.Event = threading.Event()
@@ -157,7 +160,10 @@ async def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
 async def llmdeployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """LLMDeployments by (namespace, name), for the periodic worker (no finalizer, unlike Kopf timers)."""
     meta = body["metadata"]
-    return {(meta["namespace"], meta["name"]): {
+    key = (meta["namespace"], meta["name"])
+    if STATE.status_known.get(key) == meta.get("resourceVersion"):
+        STATE.known_seen.add(key)
+    return {key: {
         "apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": _slim(meta),
         "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}}
 
@@ -217,16 +223,21 @@ def _capture(kwargs: dict[str, Any]) -> None:
 def _write_status(api: client.ApiClient, ns: str, name: str, fields: dict[str, Any],
                   updates: Sequence[tuple[str, bool | str, str, str]], now: str,
                   generation: int | None = None, trust_copy: bool = True) -> bool:
-    """update_status for the frequent writers (every autoscale tick, every Deployment event), starting
-    from the watch's copy instead of a read when that copy is known to include kvscale's own last status
-    write (same resourceVersion). A copy that is older could hide a change (a condition flipped and
-    back) and is never trusted; one whose version is unknown costs the read as before."""
+    """update_status starting from the watch's copy instead of a read, once that copy is known to
+    include kvscale's own last write or read of the status (the watch has delivered that version; the
+    watch is ordered, so every later copy includes it too). A copy older than kvscale's own last write
+    could hide a change (a condition flipped and back) and is never trusted: then the read happens."""
     key = (ns, name)
     copy = _indexed(ns, name)
-    trusted = copy if trust_copy and copy is not None and STATE.status_written.get(key) == \
-        copy["metadata"].get("resourceVersion") else None
-    return update_status(api, ns, name, fields, updates, now, generation=generation, current=trusted,
-                         written=lambda rv: STATE.status_written.__setitem__(key, rv))
+    fresh = copy is not None and (key in STATE.known_seen
+                                  or STATE.status_known.get(key) == copy["metadata"].get("resourceVersion"))
+    return update_status(api, ns, name, fields, updates, now, generation=generation,
+                         current=copy if trust_copy and fresh else None, known=lambda rv: _known(key, rv))
+
+
+def _known(key: tuple[str, str], resource_version: str) -> None:
+    STATE.status_known[key] = resource_version
+    STATE.known_seen.discard(key)  # after the version is set: a copy older than it is never marked seen
 
 
 def _latest(index: kopf.Index[Any, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -336,7 +347,7 @@ def _reconcile_now(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, 
     if foreign:  # server-side apply with force would adopt them: refuse, and say so
         message = (f"{', '.join(foreign)} already exist(s) and kvscale did not create them: it does not take over "
                    "objects it does not own; delete or rename them and kvscale applies its own")
-        if update_status(api, ns, name, {}, [(c.PLANNED, False, "NotOwned", message)], _now(),
+        if _write_status(api, ns, name, {}, [(c.PLANNED, False, "NotOwned", message)], _now(),
                          generation=generation):
             _post(body, [Event("Warning", "NotOwned", message)])
         metrics.RECONCILES.labels("unplanned").inc()
@@ -350,7 +361,7 @@ def _reconcile_now(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, 
             if exc.status in REFUSED:  # the spec made an object Kubernetes will not take: say so, do not retry
                 message = (f"the {obj['kind']} rendered from this spec was refused by the API server: "
                            f"{api_message(exc)} (set through spec.placement or spec.vllm)")
-                if update_status(api, ns, name, {"observedGeneration": generation},
+                if _write_status(api, ns, name, {"observedGeneration": generation},
                                  [(c.PLANNED, False, "RenderRejected", message)], _now(), generation=generation):
                     _post(body, [Event("Warning", "RenderRejected", message)])  # once, not per retry
                 metrics.RECONCILES.labels("unplanned").inc()
@@ -369,7 +380,7 @@ def _reconcile_now(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, 
             log.warning("could not scale Deployment %s/%s to %d: %s", ns, name, rec.scale, exc.reason)
     if rec.status or rec.conditions:
         try:
-            update_status(api, ns, name, rec.status, rec.conditions, _now(), generation=generation)
+            _write_status(api, ns, name, rec.status, rec.conditions, _now(), generation=generation)
         except StatusConflict as exc:  # applied, but not yet recorded: the retry finds nothing to apply
             raise kopf.TemporaryError(str(exc), delay=2) from exc
     _post(body, rec.events)
@@ -434,10 +445,11 @@ def _forget_deleted(present: set[tuple[str, str]]) -> None:
     """Drop what the operator remembers per LLMDeployment (policy state, markers, locks) for the ones
     that no longer exist: an operator that runs for months sees many come and go."""
     tables: list[dict[tuple[str, str], Any]] = [STATE.policy, STATE.serving, STATE.applied, STATE.reconciled,
-                                                STATE.status_written]
+                                                STATE.status_known]
     for table in tables:
         for key in [k for k in list(table) if k not in present]:
             table.pop(key, None)
+    STATE.known_seen.intersection_update(present)
     with STATE.locks_guard:
         for key in [k for k in STATE.locks if k not in present]:
             del STATE.locks[key]
@@ -629,7 +641,7 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     prom = _prometheus(spec, ns) if from_prometheus or spec.autoscaling.activation else None
     source: MetricsSource | str = prom if from_prometheus and prom is not None else PodScrapeSource()
     if isinstance(source, str):  # nothing is read, so nothing is decided: replicas hold
-        update_status(api, ns, name, {}, [(c.METRICS_AVAILABLE, False, "PrometheusRefused", source)], _now(),
+        _write_status(api, ns, name, {}, [(c.METRICS_AVAILABLE, False, "PrometheusRefused", source)], _now(),
                       generation=int(meta.get("generation") or 0) or None)
         return
     readings = source.read(targets)
