@@ -1,3 +1,7 @@
+import multiprocessing as mp
+import resource
+from multiprocessing.connection import Connection
+
 import pytest
 
 from kvscale.estimator.catalog import catalog_ids, resolve_model
@@ -99,3 +103,42 @@ def test_unknown_model_offline_names_id_and_remedy(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UnknownModel, match=r"'acme/secret-7b'.*config\.json"):
         resolve_model("acme/secret-7b")
+
+
+def _plan_message_capped(architecture: dict[str, object], conn: Connection) -> None:
+    """In a child whose address space is capped: a spec must be refused, not exhaust the host."""
+    resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+    from kvscale.estimator.gpus import default_catalog
+    from kvscale.operator.planning import decide_plan
+    from kvscale.operator.resource import LLMDeploymentSpec
+
+    spec = LLMDeploymentSpec.model_validate({"model": {"name": "meta-llama/Llama-3.1-8B-Instruct",
+                                                       "architecture": architecture},
+                                             "serving": {"maxModelLen": 4096}})
+    try:
+        out = decide_plan(spec, {}, default_catalog())
+        conn.send((out.reason, out.message))
+    except MemoryError:
+        conn.send(("MemoryError", ""))
+
+
+def test_an_absurd_layer_count_is_refused_naming_the_field_before_anything_is_built() -> None:
+    # a billion layers reached the operator through spec.model.architecture and grew it to 24 GB
+    parent, child = mp.get_context("spawn").Pipe()
+    proc = mp.get_context("spawn").Process(target=_plan_message_capped,
+                                           args=({"model_type": "llama", "num_hidden_layers": 10**9}, child))
+    proc.start()
+    proc.join(60)
+    assert parent.poll(), f"the child ended without an answer (exit code {proc.exitcode})"
+    reason, message = parent.recv()
+    assert reason == "ModelUnknown", (reason, message)
+    assert message.startswith("spec.model.architecture:") and "num_hidden_layers" in message
+    assert "1000000000" in message and "1024" in message
+
+
+def test_the_deepest_published_models_are_within_the_layer_limit() -> None:
+    deepest = max(resolve_model(m).num_layers for m in catalog_ids())
+    assert deepest <= 1024
+    with pytest.raises(InvalidConfig, match=r"num_hidden_layers.*1025.*at most 1024"):
+        from_hf_config({"model_type": "llama", "num_hidden_layers": 1025, "hidden_size": 64,
+                        "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100})

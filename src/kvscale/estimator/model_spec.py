@@ -137,6 +137,11 @@ def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+#: the deepest published decoder LLMs have under 200 layers (Llama-3.1-405B: 126, per its config.json);
+#: a config far beyond that is a mistake, and the estimator's per-layer lists must stay small
+MAX_LAYERS = 1024
+
+
 def _req(cfg: dict[str, Any], *keys: str) -> int:
     for key in keys:
         value = cfg.get(key)
@@ -284,6 +289,9 @@ def from_hf_config(cfg: dict[str, Any], name: str = "custom") -> ModelSpec:
         raw = {**_GEMMA3_TEXT_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
     archs = cfg.get("architectures") or raw.get("architectures") or [model_type or "unknown"]
     n = _req(raw, "num_hidden_layers", "n_layer", "num_layers")
+    if n > MAX_LAYERS:  # per-layer lists are built below: a billion layers would exhaust memory first
+        raise InvalidConfig(f"config field 'num_hidden_layers' is {n}; kvscale plans models of at most "
+                            f"{MAX_LAYERS} layers")
     hidden = _req(raw, "hidden_size", "d_model", "n_embd")
     heads = _req(raw, "num_attention_heads", "n_head")
     kv_heads = raw.get("num_key_value_heads") or heads

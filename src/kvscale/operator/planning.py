@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..estimator.catalog import resolve_model
-from ..estimator.errors import EstimatorError
+from ..estimator.errors import EstimatorError, InvalidConfig
 from ..estimator.gpus import GIB, GPUCatalog
 from ..estimator.planner import GPUOption, Plan, PlanRequest, PlanResult, Preference, plan
 from ..estimator.quantization import Quantization
@@ -34,7 +34,9 @@ def decide_plan(spec: LLMDeploymentSpec, available: dict[str, GPUOption], catalo
     try:
         model = resolve_model(spec.model.name, spec.model.architecture)
     except EstimatorError as exc:
-        return PlanOutcome(None, None, "ModelUnknown", f"spec.model.name: {exc}")
+        field = "spec.model.architecture" if spec.model.architecture and isinstance(exc, InvalidConfig) \
+            else "spec.model.name"
+        return PlanOutcome(None, None, "ModelUnknown", f"{field}: {exc}")
     options, unknown = allowed_options(available, spec.placement.gpu_types, catalog)
     if unknown:
         return PlanOutcome(None, None, "UnknownGPUType",
