@@ -1,4 +1,5 @@
 import itertools
+import math
 
 import pytest
 
@@ -44,8 +45,7 @@ def brute_force_cost(spec, req: PlanRequest) -> float:  # type: ignore[no-untype
             continue
         if not e.fits:
             continue
-        replicas = max(1, -(-(req.concurrency or 1) // 1 * 1) if False else int(
-            __import__("math").ceil((req.concurrency or 1) / e.max_concurrency - 1e-9)))
+        replicas = max(1, math.ceil((req.concurrency or 1) / e.max_concurrency - 1e-9))
         best = min(best, replicas * tp * opt.gpu.price_per_hour)
     return best
 

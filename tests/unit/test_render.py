@@ -292,3 +292,13 @@ def test_deletion_cost_tracks_kv_in_use_and_is_written_only_when_it_changes() ->
          "same": ReplicaMetrics(0.404, 4, 0, 0)}
     assert deletion_costs([pod("busy", "12"), pod("idle"), pod("same", "40"), pod("unread")], m) == {
         "busy": "81", "idle": "2"}
+
+
+def test_every_kv_cache_dtype_the_estimator_sizes_is_one_the_crd_takes_and_renders() -> None:
+    from kvscale.estimator.kv_cache import KV_CACHE_DTYPES
+    from kvscale.operator.crd import crd_yaml
+
+    assert "- bfloat16" in crd_yaml() and "- float16" in crd_yaml()
+    for dtype in KV_CACHE_DTYPES:
+        s = make_spec(serving={"maxModelLen": 4096, "kvCacheDtype": dtype})
+        assert flag(pod_of(objects(s))["containers"][0]["args"], "--kv-cache-dtype") == dtype

@@ -1,4 +1,4 @@
-"""Time windows over observations (pure): averages, max and min over the last N seconds."""
+"""Time windows over observations (pure): max and min over the last N seconds."""
 
 from __future__ import annotations
 
@@ -19,11 +19,6 @@ def trim(samples: tuple[Sample, ...], now: float, keep_s: float) -> tuple[Sample
 
 def within(samples: tuple[Sample, ...], now: float, window_s: float) -> tuple[Sample, ...]:
     return tuple(s for s in samples if now - s.t <= window_s)
-
-
-def average(samples: tuple[Sample, ...], now: float, window_s: float) -> float | None:
-    vals = [s.value for s in within(samples, now, window_s)]
-    return sum(vals) / len(vals) if vals else None
 
 
 def maximum(samples: tuple[Sample, ...], now: float, window_s: float) -> float | None:

@@ -11,6 +11,7 @@ state, so they cost fewer blocks per request than full attention.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from math import prod
 
 from .model_spec import Mixer, ModelSpec
@@ -19,7 +20,21 @@ DTYPE_BYTES = {
     "auto": None, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "half": 2, "float32": 4,
     "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp8_inc": 1,
 }
-KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2")
+
+
+class KVCacheDtype(StrEnum):
+    """What vLLM's --kv-cache-dtype takes that the estimator sizes (vLLM 0.32 vllm/config/cache.py
+    CacheDType, less the MLA- and quantizer-specific formats)."""
+
+    AUTO = "auto"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+    FP8 = "fp8"
+    FP8_E4M3 = "fp8_e4m3"
+    FP8_E5M2 = "fp8_e5m2"
+
+
+KV_CACHE_DTYPES = tuple(d.value for d in KVCacheDtype)
 
 
 def cdiv(a: int, b: int) -> int:

@@ -149,7 +149,6 @@ def weights_per_gpu(spec: ModelSpec, params: ParamBreakdown, quant: Quantization
     vocab_pad = cdiv(spec.vocab_size, VOCAB_PADDING * tp) * VOCAB_PADDING * tp
     emb = vocab_pad * spec.hidden_size * other / tp
     head = 0.0 if spec.tie_word_embeddings else emb
-    layer_params = params.total - params.embedding - params.lm_head
     layer_bytes = fmt.weight_bytes(params) - (params.embedding + params.lm_head) * other
     # k/v projections replicate once there are fewer kv heads than ranks
     repl = 0.0
@@ -167,7 +166,6 @@ def weights_per_gpu(spec: ModelSpec, params: ParamBreakdown, quant: Quantization
         if i == len(stages) - 1:
             b += head if pp > 1 or not spec.tie_word_embeddings else 0.0
         worst = max(worst, b)
-    _ = layer_params
     return int(worst)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from ..estimator.catalog import resolve_model
 from ..estimator.errors import EstimatorError, InvalidConfig
 from ..estimator.gpus import GIB, GPUCatalog
-from ..estimator.planner import GPUOption, Plan, PlanRequest, PlanResult, Preference, plan
+from ..estimator.planner import GPUOption, Plan, PlanRequest, PlanResult, plan
 from ..estimator.quantization import Quantization
 from .discovery import allowed_options
 from .resource import Alternative, LLMDeploymentSpec, PlanStatus
@@ -57,7 +57,7 @@ def decide_plan(spec: LLMDeploymentSpec, available: dict[str, GPUOption], catalo
             gpu_memory_utilization=spec.serving.gpu_memory_utilization,
             max_num_batched_tokens=spec.serving.max_num_batched_tokens, max_num_seqs=spec.serving.max_num_seqs,
             block_size=spec.serving.block_size, enable_prefix_caching=spec.serving.enable_prefix_caching,
-            prefer=Preference(spec.placement.prefer.value))
+            prefer=spec.placement.prefer)
         result = plan(model, req)
     except (EstimatorError, ValueError) as exc:
         return PlanOutcome(None, None, "InvalidSpec", str(exc))

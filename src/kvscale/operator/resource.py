@@ -11,7 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..estimator.kv_cache import KVCacheDtype
 from ..estimator.memory import DEFAULT_BLOCK_SIZE
+from ..estimator.planner import Preference
 from ..estimator.quantization import Quantization
 
 GROUP = "kvscale.io"
@@ -24,18 +26,6 @@ SHORT_NAMES = ["llmd"]
 
 class _Model(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid", use_enum_values=False)
-
-
-class KVCacheDtype(StrEnum):
-    AUTO = "auto"
-    FP8 = "fp8"
-    FP8_E4M3 = "fp8_e4m3"
-    FP8_E5M2 = "fp8_e5m2"
-
-
-class QuantizationPreference(StrEnum):
-    COST = "cost"
-    QUALITY = "quality"
 
 
 class MetricsSourceType(StrEnum):
@@ -118,7 +108,7 @@ class Placement(_Model):
     quantization: list[Quantization] = Field(default_factory=lambda: [Quantization.AUTO], min_length=1,
                                              max_length=9, description=(
         "Allowed weight formats; auto is the checkpoint's own."))
-    prefer: QuantizationPreference = Field(default=QuantizationPreference.COST, description=(
+    prefer: Preference = Field(default=Preference.COST, description=(
         "cost: cheapest feasible plan; quality: least quantized plan, then cheapest."))
     max_gpus_per_replica: int = Field(default=8, alias="maxGPUsPerReplica", ge=1, le=16, description=(
         "Upper bound on tensor-parallel size."))
