@@ -130,7 +130,8 @@ class Placement(_Model):
         "Spread replicas over nodes (topology spread, best effort): one node lost takes the fewest replicas."))
 
 
-class MetricsSource(_Model):
+# where the spec says replica metrics come from (autoscaler.sources.MetricsSource reads them)
+class MetricsConfig(_Model):
     type: MetricsSourceType = Field(default=MetricsSourceType.POD, description=(
         "pod: scrape each Ready pod's vLLM /metrics; prometheus: query a Prometheus that already scrapes vLLM."))
     prometheus_url: str | None = Field(default=None, alias="prometheusURL", max_length=1024, description=(
@@ -182,7 +183,7 @@ class Autoscaling(_Model):
         "Bursts shorter than a cold start: once queues drive growth again within this long of the last "
         "time, the replica count they reached is kept until this long after the latest, and restored when "
         "a burst returns after a scale-down. 0 disables."))
-    metrics: MetricsSource = Field(default_factory=MetricsSource, description="Where KV-cache metrics come from.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Where KV-cache metrics come from.")
     activation: Activation | None = Field(default=None, description=(
         "How a model scaled to zero sees new demand (required with minReplicas 0)."))
 
@@ -322,7 +323,9 @@ class Alternative(_Model):
     summary: str
 
 
-class Decision(_Model):
+# an autoscaler decision as status records it (autoscaler.policy.Decision is the one the policy returns);
+# a comment, not a docstring: docstrings become the CRD's descriptions
+class DecisionRecord(_Model):
     time: str
     replicas: int
     desired_replicas: int = Field(alias="desiredReplicas")
@@ -359,6 +362,6 @@ class LLMDeploymentStatus(_Model):
         "Replicas the autoscaler last recommended (applied unless autoscaling.dryRun)."))
     selector: str | None = Field(default=None, description="Label selector of the vLLM pods (scale subresource).")
     kv_cache_utilization: str | None = Field(default=None, alias="kvCacheUtilization")
-    last_decision: Decision | None = Field(default=None, alias="lastDecision")
-    history: list[Decision] = Field(default_factory=list, max_length=20)
+    last_decision: DecisionRecord | None = Field(default=None, alias="lastDecision")
+    history: list[DecisionRecord] = Field(default_factory=list, max_length=20)
     estimator_check: EstimatorCheck | None = Field(default=None, alias="estimatorCheck")

@@ -1,122 +1,48 @@
-"""The ``kvscale`` command. Bad input exits 2 with one line naming what is wrong."""
+"""The estimator's commands: estimate, plan, models, gpus (no cluster, no Kubernetes client)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from .estimator.catalog import catalog_ids, resolve_model
-from .estimator.errors import EstimatorError
-from .estimator.gpus import GIB, GPUType, custom_gpu, load_catalog
-from .estimator.kv_cache import KV_CACHE_DTYPES
-from .estimator.memory import DEFAULT_GPU_MEMORY_UTILIZATION, ServingConfig, estimate
-from .estimator.planner import GPUOption, LoadTarget, PlanRequest, Preference, plan
-from .estimator.quantization import Quantization
-
-EXIT_USAGE = 2
+from ..estimator.catalog import catalog_ids, resolve_model
+from ..estimator.gpus import GIB, GPUType, custom_gpu, load_catalog
+from ..estimator.memory import ServingConfig, estimate
+from ..estimator.planner import GPUOption, LoadTarget, PlanRequest, Preference, plan
+from ..estimator.quantization import Quantization
+from .args import add_model_args, positive_float, positive_int, quant
 
 
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"kvscale: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
-def _positive_int(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be positive, got {value}")
-        return value
-    return parse
-
-
-def _fraction(name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not 0 < value <= 1:
-            raise argparse.ArgumentTypeError(f"{name} must be in (0, 1], got {value}")
-        return value
-    return parse
-
-
-def _positive_float(name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be positive, got {value}")
-        return value
-    return parse
-
-
-def _quant(text: str) -> Quantization:
-    try:
-        return Quantization(text.lower())
-    except ValueError:
-        choices = ", ".join(q.value for q in Quantization)
-        raise argparse.ArgumentTypeError(f"unknown quantization {text!r} (choose from {choices})") from None
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="catalog id (see `kvscale models`), path to a config.json, or a Hub id (online)")
-    p.add_argument("--max-model-len", type=_positive_int("--max-model-len"))
-    p.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES)
-    p.add_argument("--gpu-memory-utilization", type=_fraction("--gpu-memory-utilization"),
-                   default=DEFAULT_GPU_MEMORY_UTILIZATION)
-    p.add_argument("--max-num-batched-tokens", type=_positive_int("--max-num-batched-tokens"))
-    p.add_argument("--gpu-catalog", help="YAML GPU catalog replacing the built-in one (prices, new cards)")
-    p.add_argument("--output", choices=("table", "json"), default="table")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kvscale", description="Memory-aware LLM autoscaling for Kubernetes")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def add_estimator_commands(sub: Any) -> None:
     est = sub.add_parser("estimate", help="predict what vLLM reports at start-up for one replica")
-    _add_model_args(est)
+    add_model_args(est)
     gpu = est.add_mutually_exclusive_group()
     gpu.add_argument("--gpu", default=None, help="GPU type from the catalog (default H100-80GB)")
-    gpu.add_argument("--gpu-memory-gib", type=_positive_float("--gpu-memory-gib"),
+    gpu.add_argument("--gpu-memory-gib", type=positive_float("--gpu-memory-gib"),
                      help="total memory vLLM sees, for a card not in the catalog")
-    est.add_argument("--tp", type=_positive_int("--tp"), default=1, help="tensor-parallel size")
-    est.add_argument("--pp", type=_positive_int("--pp"), default=1, help="pipeline-parallel size")
-    est.add_argument("--quantization", type=_quant, default=Quantization.AUTO)
-    est.add_argument("--max-num-seqs", type=_positive_int("--max-num-seqs"))
+    est.add_argument("--tp", type=positive_int("--tp"), default=1, help="tensor-parallel size")
+    est.add_argument("--pp", type=positive_int("--pp"), default=1, help="pipeline-parallel size")
+    est.add_argument("--quantization", type=quant, default=Quantization.AUTO)
+    est.add_argument("--max-num-seqs", type=positive_int("--max-num-seqs"))
     est.add_argument("--enforce-eager", action="store_true")
     est.set_defaults(func=cmd_estimate)
 
     pl = sub.add_parser("plan", help="rank GPU type x TP x quantization by cost for a target")
-    _add_model_args(pl)
+    add_model_args(pl)
     target = pl.add_mutually_exclusive_group()
-    target.add_argument("--concurrency", type=_positive_int("--concurrency"),
+    target.add_argument("--concurrency", type=positive_int("--concurrency"),
                         help="sequences of max-model-len to hold at once, in total")
-    target.add_argument("--requests-per-second", type=_positive_float("--requests-per-second"))
-    pl.add_argument("--mean-input-tokens", type=_positive_int("--mean-input-tokens"), default=1024)
-    pl.add_argument("--mean-output-tokens", type=_positive_int("--mean-output-tokens"), default=256)
+    target.add_argument("--requests-per-second", type=positive_float("--requests-per-second"))
+    pl.add_argument("--mean-input-tokens", type=positive_int("--mean-input-tokens"), default=1024)
+    pl.add_argument("--mean-output-tokens", type=positive_int("--mean-output-tokens"), default=256)
     pl.add_argument("--gpus", nargs="+", help="allowed GPU types, optionally NAME:GPUS_PER_NODE (default: all)")
-    pl.add_argument("--quantizations", nargs="+", type=_quant, default=[Quantization.AUTO])
-    pl.add_argument("--max-gpus-per-replica", type=_positive_int("--max-gpus-per-replica"), default=8)
-    pl.add_argument("--tp", type=_positive_int("--tp"), help="fix the tensor-parallel size")
+    pl.add_argument("--quantizations", nargs="+", type=quant, default=[Quantization.AUTO])
+    pl.add_argument("--max-gpus-per-replica", type=positive_int("--max-gpus-per-replica"), default=8)
+    pl.add_argument("--tp", type=positive_int("--tp"), help="fix the tensor-parallel size")
     pl.add_argument("--prefer", choices=[p.value for p in Preference], default=Preference.COST.value)
     pl.add_argument("--show-rejections", action="store_true")
     pl.set_defaults(func=cmd_plan)
@@ -126,16 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     gpus = sub.add_parser("gpus", help="list the GPU catalog")
     gpus.add_argument("--gpu-catalog")
     gpus.set_defaults(func=cmd_gpus)
-
-    _add_extra_commands(sub)
-    return parser
-
-
-def _add_extra_commands(sub: Any) -> None:
-    """Commands whose modules pull in Kubernetes clients are imported lazily."""
-    from .cli_cluster import add_cluster_commands
-
-    add_cluster_commands(sub)
 
 
 def _gpu(args: argparse.Namespace) -> GPUType:
@@ -190,7 +106,7 @@ def _options(args: argparse.Namespace) -> tuple[GPUOption, ...]:
     out = []
     for item in args.gpus:
         name, _, per_node = item.partition(":")
-        count = _positive_int(f"--gpus {item}")(per_node) if per_node else 8
+        count = positive_int(f"--gpus {item}")(per_node) if per_node else 8
         out.append(GPUOption(gpu=cat.get(name), gpus_per_node=count))
     return tuple(out)
 
@@ -250,33 +166,3 @@ def cmd_gpus(args: argparse.Namespace, console: Console) -> int:
                   f"{g.price_per_hour:.2f}", ", ".join(g.product_labels))
     console.print(t)
     return 0
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(x) for x in err.get("loc", ())) or "input"
-    return f"{loc}: {err.get('msg', 'invalid')}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    console = Console()
-    try:
-        code: int = args.func(args, console)
-        return code
-    except EstimatorError as exc:
-        print(f"kvscale: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValidationError as exc:
-        print(f"kvscale: error: {_first_error(exc)}", file=sys.stderr)
-        return EXIT_USAGE
-    except UsageError as exc:
-        print(f"kvscale: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
