@@ -20,7 +20,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from kvscale.sim.validate import Burst, ServerConfig, Workload, plot, run_comparison, table_rows
+from kvscale.sim.comparison import plot, table_rows
+from kvscale.sim.step_model import ServerConfig
+from kvscale.sim.workloads import Burst, Workload
+from kvscale.testing.sim_vs_vllm import run_comparison
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from kvscale.sim.validate import Burst, Comparison, Replay, Workload, plot, run_comparison, table_rows
+from kvscale.sim.comparison import Comparison, Replay, plot, table_rows
+from kvscale.sim.workloads import Burst, Workload
+from kvscale.testing.sim_vs_vllm import run_comparison
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from kvscale.estimator.gpus import GIB, custom_gpu
-from kvscale.estimator.memory import ServingConfig, estimate
+from kvscale.estimator.memory import CPU_BLOCK_SIZE, ServingConfig, estimate
 from kvscale.estimator.model_spec import Mixer, from_hf_config
-from kvscale.testing.vllm_server import CPU_BLOCK_SIZE, VLLMServer, VLLMUnavailable, tiny_model_config, write_model_dir
+from kvscale.testing.vllm_server import VLLMServer, VLLMUnavailable, tiny_model_config, write_model_dir
 
 pytestmark = pytest.mark.vllm
 

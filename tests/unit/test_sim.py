@@ -234,17 +234,21 @@ def test_load_scale_fit_reaches_the_engine_pace_on_the_calibration_slice() -> No
     ended up to 47% off it. The fit must land on the engine's pace and report the TPOT of the scale it returns."""
     import dataclasses
 
-    from kvscale.sim.validate import CALIBRATION_SLICE, Calibration, ServerConfig, fit_load_scale, replay_sim
+    from kvscale.sim.series import replay_sim
+    from kvscale.sim.step_model import Calibration, ServerConfig, fit_load_scale
+    from kvscale.sim.workloads import CALIBRATION_SLICE
+    from kvscale.testing.vllm_server import tiny_model_config
 
     cal = Calibration([], step_overhead_s=5.3e-3, seq_overhead_s=1.1e-4, per_token_s=5.9e-5, per_kv_token_s=3.5e-6)
     cfg, arrivals = ServerConfig(), CALIBRATION_SLICE.requests()
+    arch = tiny_model_config("llama_gqa")
 
     def tpot(c: Calibration) -> float:
-        xs = replay_sim(c.model(cfg), arrivals, sample_every=0.5).tpot
+        xs = replay_sim(c.model(cfg, arch), arrivals, sample_every=0.5).tpot
         return sum(xs) / len(xs)
 
     for engine_tpot in (0.006, 0.009, 0.012):
-        fit = fit_load_scale(cal, cfg, arrivals, engine_tpot)
+        fit = fit_load_scale(cal, cfg, arch, arrivals, engine_tpot)
         assert fit.load_tpot_sim_s == pytest.approx(engine_tpot, rel=0.011)
         assert tpot(fit) == pytest.approx(fit.load_tpot_sim_s, rel=1e-9)
         assert tpot(dataclasses.replace(fit, load_scale=fit.load_scale * 1.1)) > engine_tpot * 1.1

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from .errors import UsageError
+from .errors import UsageError, require_extra
 
 DEFAULT_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kvscale" / "dev-cluster"
 
@@ -36,13 +36,19 @@ def add_cluster_commands(sub: Any) -> None:
     down.set_defaults(func=cmd_down)
 
 
+#: what the local-cluster harness imports beyond the runtime
+HARNESS_MODULES = ("cryptography", "grpc", "google.protobuf")
+
+
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    require_extra("demo", "testing", *HARNESS_MODULES)
     from ..demo import run_demo
 
     return run_demo(console, duration_s=args.duration, window_s=args.window, peak=args.peak)
 
 
 def cmd_up(args: argparse.Namespace, console: Console) -> int:
+    require_extra("dev-cluster up", "testing", *HARNESS_MODULES)
     from ..testing.cluster import STATE_FILE, LocalCluster
     from ..testing.fleet import DEFAULT_FLEET, parse_fleet
 
@@ -67,6 +73,7 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_down(args: argparse.Namespace, console: Console) -> int:
+    require_extra("dev-cluster down", "testing", *HARNESS_MODULES)
     from ..testing.cluster import stop_from_state
 
     if stop_from_state(args.dir):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from pydantic import ValidationError
 
 EXIT_USAGE = 2
@@ -15,3 +17,11 @@ def first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(x) for x in err.get("loc", ())) or "input"
     return f"{loc}: {err.get('msg', 'invalid')}"
+
+
+def require_extra(command: str, extra: str, *modules: str) -> None:
+    """Commands beyond the operator and the estimator need an optional extra; say which, not a traceback."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"`kvscale {command}` needs the {extra!r} extra ({', '.join(missing)} not installed): "
+                         f"pip install 'kvscale[{extra}]'")

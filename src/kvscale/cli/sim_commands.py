@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from .errors import UsageError
+from .errors import UsageError, require_extra
 
 
 def add_sim_commands(sub: Any) -> None:
@@ -46,6 +46,8 @@ def cmd_sim_evaluate(args: argparse.Namespace, console: Console) -> int:
 
     if not args.trace.is_file():
         raise UsageError(f"--trace {args.trace}: no such file")
+    if args.plot:
+        require_extra("sim evaluate --plot", "sim", "matplotlib")
     slo = SLO(args.ttft_slo, args.tpot_slo_ms / 1000, args.ttft_slo_per_1k)
     sc = Scenario(args.trace.stem, str(args.trace), args.model, args.gpu, args.max_model_len, tp=args.tp,
                   rate_scale=args.rate_scale, cold_start_s=args.cold_start, slo=slo, max_queue_s=args.max_queue,

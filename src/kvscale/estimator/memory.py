@@ -26,6 +26,7 @@ MIB = 1 << 20
 VLLM_RELEASE = "0.32.0"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM >= 0.2x default
 DEFAULT_BLOCK_SIZE = 16
+CPU_BLOCK_SIZE = 128  # vLLM's CPU backend default block size (vllm/platforms/cpu.py)
 VOCAB_PADDING = 64
 
 # Calibrated overheads (see module docstring)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..estimator.memory import CPU_BLOCK_SIZE
 from ..operator.resource import GROUP, VERSION
 from .images import MODELS_DIR
-from .vllm_server import CPU_BLOCK_SIZE, tiny_model_config
+from .vllm_server import tiny_model_config
 
 MODEL = "llama_kv_heavy"
 SERVED_NAME = "tiny-llama"

@@ -25,7 +25,6 @@ from .vllm_install import DEFAULT_VENV, venv_python
 KV_LINE = re.compile(r"KV cache size: ([\d,]+) tokens, Maximum concurrency for ([\d,]+) tokens per request: "
                      r"([\d.]+)x")
 VLLM_PYTHON_ENV = "KVSCALE_VLLM_PYTHON"
-CPU_BLOCK_SIZE = 128  # vLLM's CPU backend default
 
 
 class VLLMUnavailable(RuntimeError):
