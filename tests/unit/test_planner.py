@@ -1,14 +1,10 @@
-import itertools
-import math
 
 import pytest
 
 from kvscale.estimator.catalog import resolve_model
-from kvscale.estimator.errors import EstimatorError
 from kvscale.estimator.gpus import default_catalog
-from kvscale.estimator.memory import ServingConfig, estimate
 from kvscale.estimator.planner import GPUOption, LoadTarget, PlanRequest, Preference, plan
-from kvscale.estimator.quantization import Quantization, applicable
+from kvscale.estimator.quantization import Quantization
 
 CAT = default_catalog()
 
@@ -29,42 +25,36 @@ def test_70b_on_h100_or_l4_picks_h100_with_required_tp() -> None:
     assert all(p.cost_per_hour >= best.cost_per_hour for p in result.plans if p.gpu == "L4")
 
 
-def brute_force_cost(spec, req: PlanRequest) -> float:  # type: ignore[no-untyped-def]
-    best = float("inf")
-    for opt, tp, q in itertools.product(req.options, (1, 2, 4, 8, 16), req.quantizations):
-        if tp > min(req.max_gpus_per_replica, opt.gpus_per_node) or applicable(spec, q):
-            continue
-        resolved = q
-        if q is Quantization.FP8 and not opt.gpu.fp8:
-            continue
-        try:
-            e = estimate(spec, opt.gpu, ServingConfig(tensor_parallel_size=tp, quantization=resolved,
-                                                     max_model_len=req.max_model_len,
-                                                     gpu_memory_utilization=req.gpu_memory_utilization))
-        except EstimatorError:
-            continue
-        if not e.fits:
-            continue
-        replicas = max(1, math.ceil((req.concurrency or 1) / e.max_concurrency - 1e-9))
-        best = min(best, replicas * tp * opt.gpu.price_per_hour)
-    return best
+#: Llama-3.1-8B-Instruct at 8192 tokens, bf16, utilization 0.92, H100-80GB ($6.00/h) or L4 ($0.80/h) in nodes of 8.
+#: KV per token: 32 layers x (K + V) x 8 KV heads x 128 dims x 2 bytes = 128 KiB, so C sequences of 8192 need
+#: C GiB. Weights 14.96 GiB (vLLM #10517 measured 14.99 GB), split by TP. Usable per GPU: H100 79.11 GiB x 0.92 =
+#: 72.78, L4 22.05 x 0.92 = 20.29. The per-GPU overhead (activations, CUDA graphs, non-torch) is taken anywhere in
+#: 1-4 GiB, so the answers below hold for any overhead model in that range:
+#:   H100 TP1: 72.78 - 14.96 - (1..4) = 53.8-56.8 GiB of KV          -> C <= 53 on one GPU:        $6.00
+#:   L4 TP1:   20.29 - 14.96 - (1..4) = 1.3-4.3 GiB                   -> C=8: 2-7 replicas (>= $1.60); C=40: >= 10
+#:   L4 TP2:   2 x (20.29 - 7.48 - (1..4)) = 17.6-23.6 GiB per replica -> C=8: 1 replica, 2 L4:       $1.60
+#:   L4 TP4:   4 x (20.29 - 3.74 - (1..4)) = 50.2-62.2 GiB per replica -> C=40: 1 replica, 4 L4:      $3.20
+#: (C=40 on L4 TP2 needs 2 or 3 replicas: never fewer than 4 L4.) So the cheapest is 2 L4 for C=8 and 4 L4 for C=40,
+#: both below one H100.
+HAND_COMPUTED = [(8, "L4", 2), (40, "L4", 4)]
 
 
-@pytest.mark.parametrize(
-    ("model", "max_len", "conc"),
-    [("meta-llama/Llama-3.1-8B-Instruct", 8192, 64), ("meta-llama/Llama-3.1-70B-Instruct", 32768, 20),
-     ("Qwen/Qwen3-30B-A3B", 16384, 100), ("google/gemma-2-27b-it", 8192, 8),
-     ("mistralai/Mixtral-8x7B-Instruct-v0.1", 32768, 40), ("Qwen/Qwen2.5-0.5B-Instruct", 4096, 500)],
-)
-def test_chosen_plan_is_the_exhaustive_optimum(model: str, max_len: int, conc: int) -> None:
-    spec = resolve_model(model)
-    req = PlanRequest(max_model_len=max_len, concurrency=conc, options=tuple(GPUOption(gpu=g) for g in CAT.gpus),
+@pytest.mark.parametrize(("concurrency", "gpu", "gpus"), HAND_COMPUTED)
+def test_cheapest_plan_matches_the_hand_computed_one(concurrency: int, gpu: str, gpus: int) -> None:
+    req = PlanRequest(max_model_len=8192, concurrency=concurrency, options=opts("H100-80GB", "L4"),
+                      quantizations=(Quantization.AUTO,), gpu_memory_utilization=0.92)
+    best = plan(resolve_model("meta-llama/Llama-3.1-8B-Instruct"), req).best
+    assert best is not None and best.gpu == gpu
+    assert best.total_gpus == gpus
+    assert best.cost_per_hour == pytest.approx(gpus * CAT.get(gpu).price_per_hour)
+
+
+def test_plans_are_listed_cheapest_first() -> None:
+    req = PlanRequest(max_model_len=32768, concurrency=20, options=tuple(GPUOption(gpu=g) for g in CAT.gpus),
                       quantizations=(Quantization.AUTO, Quantization.FP8, Quantization.BNB_NF4))
-    result = plan(spec, req)
-    assert result.best is not None
-    assert result.best.cost_per_hour == pytest.approx(brute_force_cost(spec, req))
+    result = plan(resolve_model("meta-llama/Llama-3.1-70B-Instruct"), req)
     costs = [p.cost_per_hour for p in result.plans]
-    assert costs == sorted(costs)
+    assert result.best is not None and result.best.cost_per_hour == costs[0] and costs == sorted(costs)
 
 
 def test_every_option_is_either_planned_or_rejected_with_a_reason() -> None:
