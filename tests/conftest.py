@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from kvscale.testing.cluster import LocalCluster
+from kvscale.testing.namespaces import namespace_for_test
 
 
 @pytest.fixture(scope="session")
@@ -30,17 +31,8 @@ def api(cluster: LocalCluster):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def namespace(api, request: pytest.FixtureRequest) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    from kubernetes import client
-
-    core = client.CoreV1Api(api)
-    import re
-    import uuid
-
-    slug = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower().replace("_", "-"))[:40].strip("-")
-    name = f"t-{slug}-{uuid.uuid4().hex[:5]}"
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
+    with namespace_for_test(api, request.node.name, "t") as name:
+        yield name
 
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]

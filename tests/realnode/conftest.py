@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import signal
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ import pytest
 
 from kvscale.testing.cluster import LocalCluster
 from kvscale.testing.fleet import NodePool
+from kvscale.testing.namespaces import namespace_for_test
 from kvscale.testing.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,14 +48,8 @@ def real_api(real_cluster: LocalCluster) -> Iterator[Any]:
 
 @pytest.fixture
 def real_namespace(real_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
-    from kubernetes import client
-
-    core = client.CoreV1Api(real_api)
-    slug = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower().replace("_", "-"))[:40].strip("-")
-    name = f"r-{slug}-{uuid.uuid4().hex[:5]}"
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
+    with namespace_for_test(real_api, request.node.name, "r") as name:
+        yield name
 
 
 @pytest.fixture
