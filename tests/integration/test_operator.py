@@ -63,8 +63,7 @@ def expected_plan(model: str, max_len: int, gpus: list[str]) -> Any:
     per_node = {"H100-80GB": 8, "A100-80GB": 8, "L4": 1}
     nodes = {"H100-80GB": 2, "A100-80GB": 2, "L4": 4}
     opts = tuple(GPUOption(gpu=cat.get(g), gpus_per_node=per_node[g], nodes=nodes[g]) for g in sorted(gpus))
-    return plan(resolve_model(model), PlanRequest(max_model_len=max_len, concurrency=16, options=opts,
-                                                  gpu_memory_utilization=0.9)).best
+    return plan(resolve_model(model), PlanRequest(max_model_len=max_len, concurrency=16, options=opts)).best
 
 
 def test_70b_is_planned_on_h100_and_runs(api, namespace: str, operator, cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]

@@ -24,7 +24,7 @@ MIB = 1 << 20
 #: the vLLM release whose start-up accounting this module models (its overheads are calibrated on that
 #: release's logs; the CPU build in the tests is the same release). Images of another release may differ.
 VLLM_RELEASE = "0.32.0"
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM >= 0.2x default
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM 0.32's CacheConfig default (vllm/config/cache.py; 0.9 in older releases)
 DEFAULT_BLOCK_SIZE = 16
 CPU_BLOCK_SIZE = 128  # vLLM's CPU backend default block size (vllm/platforms/cpu.py)
 VOCAB_PADDING = 64

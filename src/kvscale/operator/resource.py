@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..estimator.kv_cache import KVCacheDtype
-from ..estimator.memory import DEFAULT_BLOCK_SIZE
+from ..estimator.memory import DEFAULT_BLOCK_SIZE, DEFAULT_GPU_MEMORY_UTILIZATION
 from ..estimator.planner import Preference
 from ..estimator.quantization import Quantization
 
@@ -90,8 +90,9 @@ class Serving(_Model):
         "Sequences of maxModelLen each replica must hold in KV cache at once; sizes GPU count per replica."))
     kv_cache_dtype: KVCacheDtype = Field(default=KVCacheDtype.AUTO, alias="kvCacheDtype", description=(
         "KV cache dtype; fp8 halves KV memory."))
-    gpu_memory_utilization: float = Field(default=0.9, alias="gpuMemoryUtilization", gt=0, le=1, description=(
-        "Fraction of each GPU's memory vLLM may use (weights + activations + KV cache)."))
+    gpu_memory_utilization: float = Field(
+        default=DEFAULT_GPU_MEMORY_UTILIZATION, alias="gpuMemoryUtilization", gt=0, le=1, description=(
+        "Fraction of each GPU's memory vLLM may use (weights + activations + KV cache); vLLM's default."))
     max_num_batched_tokens: int | None = Field(default=None, alias="maxNumBatchedTokens", ge=1, description=(
         "Token budget per engine step; larger values raise the activation peak. Default: vLLM's for the GPU."))
     max_num_seqs: int | None = Field(default=None, alias="maxNumSeqs", ge=1, le=65_536, description=(

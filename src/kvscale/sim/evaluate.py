@@ -112,7 +112,6 @@ def replica_model(sc: Scenario, catalog: GPUCatalog | None = None) -> tuple[Repl
     spec = resolve_model(sc.model)
     gpu = (catalog or default_catalog()).get(sc.gpu)
     est = estimate(spec, gpu, ServingConfig(tensor_parallel_size=sc.tp, max_model_len=sc.max_model_len,
-                                            gpu_memory_utilization=0.9,
                                             max_num_batched_tokens=sc.max_num_batched_tokens,
                                             quantization=sc.quantization))
     if not est.fits:
