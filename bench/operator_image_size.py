@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     refs = args.ref or ["HEAD"]
     base, _ = installed_bytes(base_layer())
-    console = Console()
+    console = Console(width=160)
     t = Table(title=f"operator image (base layer {base / MIB:.0f} MiB)")
     for col in ("revision", "layer MiB", "image MiB", "vs first", "largest installed"):
         t.add_column(col)
