@@ -5,6 +5,7 @@ from kvscale.estimator.errors import EstimatorError, InvalidParallelism
 from kvscale.estimator.gpus import GIB, custom_gpu, default_catalog
 from kvscale.estimator.memory import ServingConfig, estimate, pp_stages
 from kvscale.estimator.quantization import Quantization
+from kvscale.estimator.vllm_profiles import profile_for
 
 H100 = default_catalog().get("H100-80GB")
 L4 = default_catalog().get("L4")
@@ -121,3 +122,26 @@ def test_impossible_settings_are_rejected_with_reasons(kw: dict[str, int], messa
 def test_kv_heads_not_divisible() -> None:
     with pytest.raises(InvalidParallelism, match="num_key_value_heads 10"):
         est("microsoft/Phi-3-medium-4k-instruct", tensor_parallel_size=8, max_model_len=4096)
+
+
+@pytest.mark.parametrize(("release", "line", "utilization", "graphs_in_budget"), [
+    ("0.32.0", (0, 25), 0.92, True), ("0.14.1", (0, 13), 0.9, True), ("0.10.1.1", (0, 10), 0.9, False),
+    ("0.8.5", (0, 10), 0.9, False)])
+def test_each_release_gets_its_lines_profile(release: str, line: tuple[int, int], utilization: float,
+                                             graphs_in_budget: bool) -> None:
+    p = profile_for(release)
+    assert (p.line, p.gpu_memory_utilization, p.graphs_in_kv_budget) == (line, utilization, graphs_in_budget)
+
+
+def test_a_release_that_is_not_one_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="'latest'"):
+        ServingConfig(vllm_release="latest")
+
+
+def test_before_0_13_cuda_graphs_come_out_of_what_the_kv_cache_leaves_not_out_of_its_budget() -> None:
+    """vLLM 0.10 captured graphs after allocating the KV cache; 0.13 on subtracts its graph estimate first."""
+    new = est("meta-llama/Llama-3.1-8B-Instruct", max_model_len=8192, gpu_memory_utilization=0.9)
+    old = est("meta-llama/Llama-3.1-8B-Instruct", max_model_len=8192, gpu_memory_utilization=0.9,
+              vllm_release="0.10.1")
+    assert new.cuda_graph_bytes > 0 and old.cuda_graph_bytes == 0
+    assert old.kv_cache_bytes == new.kv_cache_bytes + new.cuda_graph_bytes

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from kvscale.estimator.gpus import GIB, default_catalog
-from kvscale.estimator.memory import VLLM_RELEASE
 from kvscale.estimator.planner import Plan
+from kvscale.estimator.vllm_profiles import VLLM_RELEASE
 from kvscale.operator.autoscale import DELETION_COST, deletion_costs
 from kvscale.operator.discovery import free_gpus, gpu_options
 from kvscale.operator.engine_args import conflicting_args
@@ -302,3 +302,14 @@ def test_every_kv_cache_dtype_the_estimator_sizes_is_one_the_crd_takes_and_rende
     for dtype in KV_CACHE_DTYPES:
         s = make_spec(serving={"maxModelLen": 4096, "kvCacheDtype": dtype})
         assert flag(pod_of(objects(s))["containers"][0]["args"], "--kv-cache-dtype") == dtype
+
+
+def test_a_plan_is_sized_with_the_profile_of_the_release_its_image_runs() -> None:
+    """An image of vLLM 0.10 leaves the CUDA-graph pool out of the KV budget: more KV than the default image."""
+    default = decide_plan(make_spec(), OPTIONS, CAT).plan
+    old = decide_plan(make_spec(vllm={"image": "vllm/vllm-openai:v0.10.2"}), OPTIONS, CAT).plan
+    assert default is not None and old is not None
+    assert default.memory.cuda_graph_bytes > 0 and old.memory.cuda_graph_bytes == 0
+    assert old.memory.kv_cache_tokens > default.memory.kv_cache_tokens
+    status, reason, message = release_check("vllm/vllm-openai:v0.10.2")
+    assert (status, reason) == ("False", "VLLMVersionMismatch") and "0.10 line's profile" in message

@@ -19,21 +19,12 @@ from .kv_cache import KV_CACHE_DTYPES, KVLayout, cdiv, kv_capacity, kv_layout, l
 from .model_spec import FFN, Mixer, ModelSpec
 from .params import ParamBreakdown, count_params
 from .quantization import Quantization, weight_format
+from .vllm_profiles import DEFAULT_PROFILE, VLLM_RELEASE, VLLMProfile, profile_for, release_line
 
-MIB = 1 << 20
-#: the vLLM release whose start-up accounting this module models (its overheads are calibrated on that
-#: release's logs; the CPU build in the tests is the same release). Images of another release may differ.
-VLLM_RELEASE = "0.32.0"
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM 0.32's CacheConfig default (vllm/config/cache.py; 0.9 in older releases)
+DEFAULT_GPU_MEMORY_UTILIZATION = DEFAULT_PROFILE.gpu_memory_utilization  # vLLM 0.32: 0.92 (vllm/config/cache.py)
 DEFAULT_BLOCK_SIZE = 16
 CPU_BLOCK_SIZE = 128  # vLLM's CPU backend default block size (vllm/platforms/cpu.py)
 VOCAB_PADDING = 64
-
-# Calibrated overheads (see module docstring)
-CUDA_GRAPH_BASE_BYTES = 0.6 * GIB  # graph pool at the default capture sizes (1..512)
-CUDA_GRAPH_PER_LAYER_BYTES = 18 * MIB
-NON_TORCH_BASE_BYTES = 0.10 * GIB  # cuBLAS workspaces, allocator slack
-NCCL_BYTES = 0.33 * GIB  # communicators + custom all-reduce buffers when TP > 1
 
 
 class ServingConfig(BaseModel):
@@ -56,12 +47,14 @@ class ServingConfig(BaseModel):
     num_gpu_blocks_override: int | None = Field(default=None, gt=0)
     enable_prefix_caching: bool = True  # vLLM's default; hybrid models then pin extra state blocks
     ssm_cache_dtype: str = "auto"  # Mamba/linear-attention state dtype ("float32" on vLLM's CPU backend)
+    vllm_release: str = VLLM_RELEASE  # whose start-up overheads apply (vllm_profiles)
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, "
                              f"got {self.kv_cache_dtype!r}")
+        release_line(self.vllm_release)
         return self
 
 
@@ -187,8 +180,9 @@ def activation_peak(spec: ModelSpec, tp: int, tokens: int, seqs: int) -> int:
     return int(tokens * per_token + logits)
 
 
-def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig,
-             params: ParamBreakdown | None = None) -> MemoryEstimate:
+def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig, params: ParamBreakdown | None = None,
+             profile: VLLMProfile | None = None) -> MemoryEstimate:
+    """``profile``: overheads other than those of ``cfg.vllm_release``'s line (fitting them)."""
     tp, pp = cfg.tensor_parallel_size, cfg.pipeline_parallel_size
     check_parallelism(spec, tp, pp)
     max_len = cfg.max_model_len or spec.max_position_embeddings
@@ -202,9 +196,11 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig,
     params = params or count_params(spec)
     weights = weights_per_gpu(spec, params, cfg.quantization, tp, pp)
     activation = activation_peak(spec, tp, tokens, min(tokens, seqs))
-    non_torch = int(NON_TORCH_BASE_BYTES + (NCCL_BYTES if tp * pp > 1 else 0))
+    profile = profile or profile_for(cfg.vllm_release)
+    non_torch = profile.non_torch_base_bytes + (profile.nccl_bytes if tp * pp > 1 else 0)
     layers_per_stage = max(len(s) for s in pp_stages(spec.num_layers, pp))
-    graphs = 0 if cfg.enforce_eager else int(CUDA_GRAPH_BASE_BYTES + CUDA_GRAPH_PER_LAYER_BYTES * layers_per_stage)
+    graphs = 0 if cfg.enforce_eager or not profile.graphs_in_kv_budget else \
+        profile.cuda_graph_base_bytes + profile.cuda_graph_per_layer_bytes * layers_per_stage
     requested = math.ceil(gpu.memory_bytes * cfg.gpu_memory_utilization)
     if cfg.kv_cache_memory_bytes is not None:
         kv_bytes = cfg.kv_cache_memory_bytes

@@ -17,6 +17,7 @@ from .memory import DEFAULT_BLOCK_SIZE, DEFAULT_GPU_MEMORY_UTILIZATION, MemoryEs
 from .model_spec import ModelSpec
 from .params import ParamBreakdown, count_params
 from .quantization import Quantization, applicable, checkpoint_format
+from .vllm_profiles import VLLM_RELEASE
 
 TP_DEGREES = (1, 2, 4, 8, 16)
 # lower is better quality; used when preferring quality and as a tie-break
@@ -64,6 +65,7 @@ class PlanRequest(BaseModel):
     block_size: int = Field(default=DEFAULT_BLOCK_SIZE, gt=0)
     enable_prefix_caching: bool = True
     prefer: Preference = Preference.COST
+    vllm_release: str = VLLM_RELEASE  # the release of the image that will run the plan
 
     @model_validator(mode="after")
     def _target(self) -> PlanRequest:
@@ -179,7 +181,8 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
                     tensor_parallel_size=tp, quantization=q, kv_cache_dtype=req.kv_cache_dtype,
                     max_model_len=req.max_model_len, gpu_memory_utilization=req.gpu_memory_utilization,
                     max_num_batched_tokens=req.max_num_batched_tokens, max_num_seqs=req.max_num_seqs,
-                    block_size=req.block_size, enable_prefix_caching=req.enable_prefix_caching)
+                    block_size=req.block_size, enable_prefix_caching=req.enable_prefix_caching,
+                    vllm_release=req.vllm_release)
                 try:
                     est = estimate(spec, gpu, cfg, params)
                 except EstimatorError as exc:

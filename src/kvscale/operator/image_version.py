@@ -1,16 +1,17 @@
-"""Whether the vLLM image runs the release the estimator models (pure).
+"""Which vLLM release an image runs, and whether the estimator models it (pure).
 
-The memory model is calibrated on one vLLM release; another release may size its KV cache
-differently, so a plan for it is an estimate, not a prediction. The release is read from the image
-tag (``v0.32.0``, ``0.32.0-cu128``, ``rocm7.0.0_vllm_0.11.2_...``); a tag without one is reported as
-unknown rather than guessed.
+The estimate uses the start-up profile of the image's release line (``estimator.vllm_profiles``:
+default utilization, where the CUDA-graph pool comes from). Its overheads are fitted on logs of
+several releases and checked live on one, so a plan for another release is an estimate, not a
+prediction. The release is read from the image tag (``v0.32.0``, ``0.32.0-cu128``,
+``rocm7.0.0_vllm_0.11.2_...``); a tag without one is reported as unknown rather than guessed.
 """
 
 from __future__ import annotations
 
 import re
 
-from ..estimator.memory import VLLM_RELEASE
+from ..estimator.vllm_profiles import VLLM_RELEASE, profile_for
 
 _RELEASE = re.compile(r"(?:^|[_v-])(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -25,6 +26,12 @@ def image_release(image: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def sizing_release(image: str | None) -> str:
+    """The release whose profile sizes a plan for ``image``: its own where the tag names one."""
+    found = image_release(image) if image else None
+    return f"{found[0]}.{found[1]}" if found else VLLM_RELEASE
+
+
 def release_check(image: str) -> tuple[str, str, str]:
     """(condition status, reason, message) of the VersionMatched condition."""
     modelled = tuple(int(x) for x in VLLM_RELEASE.split(".")[:2])
@@ -33,7 +40,9 @@ def release_check(image: str) -> tuple[str, str, str]:
         return ("Unknown", "VersionUnknown",
                 f"image {image}: no vLLM release in the tag; the estimate assumes vLLM {VLLM_RELEASE}")
     if found != modelled:
+        line = profile_for(f"{found[0]}.{found[1]}").line
         return ("False", "VLLMVersionMismatch",
-                f"image {image} runs vLLM {found[0]}.{found[1]}, the estimator models {VLLM_RELEASE}: the KV cache "
-                "vLLM allocates may differ from status.plan (status.estimatorCheck shows by how much)")
+                f"image {image} runs vLLM {found[0]}.{found[1]}, the estimator is checked against {VLLM_RELEASE}: "
+                f"sized with the {line[0]}.{line[1]} line's profile, the KV cache vLLM allocates may differ from "
+                "status.plan (status.estimatorCheck shows by how much)")
     return "True", "VersionMatched", f"image {image} runs the vLLM release the estimator models ({VLLM_RELEASE})"

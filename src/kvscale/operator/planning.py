@@ -13,6 +13,7 @@ from ..estimator.gpus import GIB, GPUCatalog
 from ..estimator.planner import GPUOption, Plan, PlanRequest, PlanResult, plan
 from ..estimator.quantization import Quantization
 from .discovery import allowed_options
+from .image_version import sizing_release
 from .resource import Alternative, LLMDeploymentSpec, PlanStatus
 
 
@@ -57,7 +58,7 @@ def decide_plan(spec: LLMDeploymentSpec, available: dict[str, GPUOption], catalo
             gpu_memory_utilization=spec.serving.gpu_memory_utilization,
             max_num_batched_tokens=spec.serving.max_num_batched_tokens, max_num_seqs=spec.serving.max_num_seqs,
             block_size=spec.serving.block_size, enable_prefix_caching=spec.serving.enable_prefix_caching,
-            prefer=spec.placement.prefer)
+            prefer=spec.placement.prefer, vllm_release=sizing_release(spec.vllm.image))
         result = plan(model, req)
     except (EstimatorError, ValueError) as exc:
         return PlanOutcome(None, None, "InvalidSpec", str(exc))

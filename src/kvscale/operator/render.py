@@ -7,8 +7,8 @@ import math
 from typing import Any
 
 from ..estimator.gpus import GIB, GPUCatalog, GPUType
-from ..estimator.memory import VLLM_RELEASE
 from ..estimator.planner import Plan
+from ..estimator.vllm_profiles import VLLM_RELEASE
 from .engine_args import vllm_args
 from .model_source import model_source
 from .pod_resources import (
