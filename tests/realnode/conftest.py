@@ -56,7 +56,8 @@ def real_namespace(real_api: Any, request: pytest.FixtureRequest) -> Iterator[st
 def real_operator(real_cluster: LocalCluster, real_namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
     """The operator as a process on this machine, watching only the test's namespace."""
     op = OperatorProcess(kubeconfig=real_cluster.kubeconfig, log_path=tmp_path / "operator.log",
-                         extra_env={"KVSCALE_AUTOSCALE_INTERVAL": "3", "KVSCALE_NAMESPACES": real_namespace})
+                         extra_env={"KVSCALE_AUTOSCALE_INTERVAL": "3", "KVSCALE_NAMESPACES": real_namespace,
+                                    "KVSCALE_READ_POD_LOGS": "1"})
     op.start()
     try:
         yield op

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -200,6 +201,32 @@ def test_oom_killed_replica_is_reported_by_pod_and_reason(real_api: Any, real_na
     events = wait_for(lambda: [e for e in client.CoreV1Api(real_api).list_namespaced_event(ns).items
                                if e.reason == "ReplicaFailed" and e.type == "Warning"], 30, "ReplicaFailed Event")
     assert pod.metadata.name in events[0].message and "OOMKilled" in events[0].message
+
+
+def test_a_replica_whose_kv_cache_cannot_hold_max_model_len_says_so_with_vllms_numbers(
+        real_api: Any, real_namespace: str, real_operator: OperatorProcess) -> None:
+    """The GPU plan fits 32,768 tokens; the CPU image's 1 GiB KV cache holds 16,384 of this model (65,536 bytes a
+    token): real vLLM refuses to start, and the operator reads why from the previous container's log."""
+    ns = real_namespace
+    body = tiny_llmdeployment("long", vllm={"extraArgs": [
+        "--load-format", "dummy", "--skip-tokenizer-init", "--dtype", "bfloat16",
+        "--hf-overrides", '{"max_position_embeddings": 65536}']})
+    body["spec"]["model"]["architecture"]["max_position_embeddings"] = 65536
+    body["spec"]["serving"]["maxModelLen"] = 32768
+    create(real_api, ns, body)
+    o = wait_for(lambda: (o := obj(real_api, ns, "long")) and (c := condition(o, "Degraded"))
+                 and "KVCacheTooSmall" in c["message"] and o, START_TIMEOUT_S, "Degraded naming KVCacheTooSmall",
+                 every=3)
+    msg = condition(o, "Degraded")["message"]
+    # 32,768 tokens x 65,536 bytes = 2 GiB; what the 1 GiB cache leaves, vLLM prints to two decimals
+    had = re.search(r"one 32,768-token request needs 2 GiB of KV cache, vLLM had ([\d.]+) GiB", msg)
+    assert had is not None and 0.9 <= float(had.group(1)) <= 1.0, msg
+    assert "vLLM estimates it fits" in msg
+    assert condition(o, "Planned")["status"] == "True"  # the estimate thought it fits: that is what went wrong
+    events = wait_for(lambda: [e for e in client.CoreV1Api(real_api).list_namespaced_event(ns).items
+                               if e.reason == "ReplicaFailed" and "KVCacheTooSmall" in e.message], 60,
+                      "ReplicaFailed Event with the cause")
+    assert f"vLLM had {had.group(1)} GiB" in events[0].message
 
 
 def test_helm_installed_operator_runs_as_a_real_pod_and_reconciles(real_cluster: LocalCluster, real_api: Any,

@@ -25,6 +25,8 @@ def add_operator_commands(sub: Any) -> None:
     run.add_argument("--leader-election", metavar="LEASE",
                      help="elect one active replica through this Lease (in KVSCALE_LEASE_NAMESPACE, else the "
                           "operator's own namespace)")
+    run.add_argument("--read-pod-logs", action="store_true", default=None,
+                     help="read a failed vLLM container's previous log to say why it did not start (RBAC pods/log)")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=cmd_operator_run)
 
@@ -49,7 +51,7 @@ def cmd_operator_run(args: argparse.Namespace, console: Console) -> int:
     updates: dict[str, Any] = {}
     if args.namespace:
         updates["namespaces"] = tuple(args.namespace)
-    for field in ("metrics_port", "health_port", "gpu_catalog", "leader_election"):
+    for field in ("metrics_port", "health_port", "gpu_catalog", "leader_election", "read_pod_logs"):
         if getattr(args, field) is not None:
             updates[field] = getattr(args, field)
     if args.log_format:

@@ -8,7 +8,9 @@ from typing import Any
 from ..autoscaler.policy import Decision, PolicySpec
 from ..autoscaler.snapshot import ReplicaMetrics
 from ..autoscaler.sources import Target
+from .render import VLLM_CONTAINER
 from .resource import Autoscaling
+from .startup_failures import StartupFailure
 
 HISTORY = 20
 
@@ -52,7 +54,7 @@ def classify_pods(pods: list[dict[str, Any]], port: int) -> PodView:
         meta, st = p["metadata"], p.get("status") or {}
         if meta.get("deletionTimestamp"):
             continue
-        if _container_failures(p):
+        if failed_containers(p):
             failed += 1
             continue
         conds = {c["type"]: c for c in st.get("conditions") or []}
@@ -101,31 +103,41 @@ FAILED_WAITING = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePul
                             "CreateContainerConfigError", "RunContainerError", "InvalidImageName"})
 
 
-def pod_failures(pods: list[dict[str, Any]]) -> list[str]:
-    """One line per vLLM container that is not Ready because it failed: pod, reason, exit code, restarts.
+def pod_failures(pods: list[dict[str, Any]], causes: dict[str, StartupFailure] | None = None) -> list[str]:
+    """One line per vLLM container that is not Ready because it failed: pod, reason, exit code, the cause
+    where it is known (``causes``: pod -> what stopped its last start), restarts.
 
     A container counts as failed while it waits in a failure state (CrashLoopBackOff, image errors) or
     is not Ready after a termination (OOMKilled, a non-zero exit); a Ready container has recovered.
     """
-    return sorted(line for p in pods if not p["metadata"].get("deletionTimestamp") for line in _container_failures(p))
+    return sorted(line for p in pods if not p["metadata"].get("deletionTimestamp")
+                  for line in _container_failures(p, (causes or {}).get(p["metadata"]["name"])))
 
 
-def _container_failures(pod: dict[str, Any]) -> list[str]:
+def failed_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """The statuses of the pod's containers that are not Ready because they failed."""
     out = []
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("ready"):
-            continue
+        waiting = ((cs.get("state") or {}).get("waiting") or {}).get("reason")
+        if not cs.get("ready") and (waiting in FAILED_WAITING or (cs.get("lastState") or {}).get("terminated")):
+            out.append(cs)
+    return out
+
+
+def _container_failures(pod: dict[str, Any], cause: StartupFailure | None) -> list[str]:
+    out = []
+    for cs in failed_containers(pod):
         waiting = ((cs.get("state") or {}).get("waiting") or {}).get("reason")
         last = (cs.get("lastState") or {}).get("terminated") or {}
         restarts = int(cs.get("restartCount") or 0)
-        if waiting not in FAILED_WAITING and not last:
-            continue
         why = last.get("reason") or waiting or "Terminated"
         parts = [f"pod {pod['metadata']['name']} container {cs.get('name')}: {why}"]
         if last.get("exitCode") is not None:
             parts.append(f"exit code {last['exitCode']}")
         if waiting and waiting != why:
             parts.append(waiting)
+        if cause is not None and cs.get("name") == VLLM_CONTAINER:
+            parts.append(cause.summary())
         parts.append(f"{restarts} restart{'s' if restarts != 1 else ''}")
         out.append(", ".join(parts))
     return out

@@ -39,6 +39,7 @@ from .autoscale import (
     decision_record,
     deletion_costs,
     estimator_check,
+    failed_containers,
     failure_key,
     mean_kv,
     pod_failures,
@@ -51,9 +52,10 @@ from .latest_work import LatestWork
 from .leadership import LeaseElector
 from .prometheus_access import secret_error, url_error
 from .reconcile import Event, Reconciliation, child_key, deployment_progress, parse_spec, reconcile
-from .render import INSTANCE_LABEL, selector_string
+from .render import INSTANCE_LABEL, VLLM_CONTAINER, selector_string
 from .resource import GROUP, KIND, PLURAL, VERSION, LLMDeploymentSpec, MetricsSourceType
 from .settings import OperatorSettings
+from .startup_failures import StartupFailure, classify_container
 
 log = logging.getLogger("kvscale.operator")
 
@@ -67,6 +69,10 @@ REPLICA_STATUS_FIELDS = ("phase", "podIP", "conditions", "containerStatuses")
 #: LLMDeployments worked on at once by the periodic pass: one slow object (a pod whose scrape times
 #: out, a slow Prometheus) then delays only its own slot, and the API sees a bounded burst
 PERIODIC_CONCURRENCY = 8
+
+#: a failed vLLM's root cause sits above the API server's traceback that ends its log (~100 lines on 0.32)
+LOG_TAIL_LINES = 400
+LOG_LIMIT_BYTES = 256 * 1024
 
 
 class _State:
@@ -92,6 +98,8 @@ class _State:
     stop: threading.Event = threading.Event()
     worker: threading.Thread | None = None
     beat: float | None = None  # monotonic time the worker last began a pass
+    # per LLMDeployment, pod -> (restart count, why that start failed): its log is read once per restart
+    startup_causes: dict[tuple[str, str], dict[str, tuple[int, StartupFailure | None]]] = {}  # noqa: RUF012
 
 
 STATE = _State()
@@ -445,7 +453,7 @@ def _forget_deleted(present: set[tuple[str, str]]) -> None:
     """Drop what the operator remembers per LLMDeployment (policy state, markers, locks) for the ones
     that no longer exist: an operator that runs for months sees many come and go."""
     tables: list[dict[tuple[str, str], Any]] = [STATE.policy, STATE.serving, STATE.applied, STATE.reconciled,
-                                                STATE.status_known]
+                                                STATE.status_known, STATE.startup_causes]
     for table in tables:
         for key in [k for k in list(table) if k not in present]:
             table.pop(key, None)
@@ -619,6 +627,37 @@ def _prometheus(spec: LLMDeploymentSpec, namespace: str) -> PrometheusSource | s
     return PrometheusSource(url=m.prometheus_url or "", bearer_token=token)
 
 
+def _startup_causes(api: client.ApiClient, ns: str, key: tuple[str, str],
+                    pods: list[dict[str, Any]]) -> dict[str, StartupFailure]:
+    """Pod -> why its vLLM container's last start failed, from the previous container's log (read once per
+    restart of that pod; a pod that has not restarted yet is classified from its termination alone)."""
+    seen = STATE.startup_causes.setdefault(key, {})
+    out: dict[str, StartupFailure] = {}
+    failing = set()
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        for cs in failed_containers(pod):
+            if cs.get("name") != VLLM_CONTAINER:
+                continue
+            failing.add(name)
+            restarts = int(cs.get("restartCount") or 0)
+            if name not in seen or seen[name][0] != restarts:
+                text = None
+                if restarts:
+                    try:
+                        text = client.CoreV1Api(api).read_namespaced_pod_log(
+                            name, ns, container=VLLM_CONTAINER, previous=True, tail_lines=LOG_TAIL_LINES,
+                            limit_bytes=LOG_LIMIT_BYTES)
+                    except client.ApiException as exc:  # no RBAC for pods/log, or the log is gone
+                        log.warning("could not read the previous log of %s/%s: %s", ns, name, exc.reason)
+                seen[name] = (restarts, classify_container(cs, text))
+            if (cause := seen[name][1]) is not None:
+                out[name] = cause
+    for gone in set(seen) - failing:
+        del seen[gone]
+    return out
+
+
 def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     """Measure -> decide (pure policy) -> scale through the scale subresource -> status + Event."""
     raw, status = dict(body.get("spec", {})), dict(body.get("status") or {})
@@ -690,7 +729,8 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
                 "; ".join(errors)[:900] or f"read {len(readings.metrics)} replica(s), {pending} starting")]
     updates.append((c.SCALING_LIMITED, bool(decision.limited), "Limited" if decision.limited else "NotLimited",
                     decision.limited or "within bounds"))
-    failures = pod_failures(pod_dicts)
+    causes = _startup_causes(api, ns, key, pod_dicts) if STATE.settings.read_pod_logs else None
+    failures = pod_failures(pod_dicts, causes)
     updates.append((c.DEGRADED, bool(failures), "ReplicaFailed" if failures else "ReplicasHealthy",
                     "; ".join(failures)[:900] or "no failed replica"))
     before = (c.get_condition(status.get("conditions"), c.DEGRADED) or {}).get("message", "")

@@ -31,6 +31,10 @@ EXIT_MARGIN_S = 15  # after the drain: vLLM's engine and workers shut down
 CACHE_HEADROOM = 1.25  # a created model cache: the checkpoint plus room for a revision beside it
 
 
+#: the container that runs vLLM in every replica pod
+VLLM_CONTAINER = "vllm"
+
+
 def selector_labels(name: str) -> dict[str, str]:
     return {INSTANCE_LABEL: name}
 
@@ -95,7 +99,7 @@ def render(name: str, namespace: str, uid: str, spec: LLMDeploymentSpec, plan: P
     probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": PROBE_PERIOD_S, "timeoutSeconds": 5}
     strategy, why_strategy = rollout_strategy(spec.vllm.rollout, plan.gpus_per_replica, free_per_node)
     container = {
-        "name": "vllm", "image": vllm_image(spec, gpu, catalog),
+        "name": VLLM_CONTAINER, "image": vllm_image(spec, gpu, catalog),
         "command": ["vllm", "serve"],
         "args": vllm_args(spec, plan, source),
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],

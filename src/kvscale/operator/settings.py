@@ -42,6 +42,9 @@ class OperatorSettings(BaseModel):
     # empty: none, so a spec cannot make the operator send requests, or a token, anywhere
     prometheus_urls: tuple[str, ...] = ()
     lease_namespace: str = "default"  # where that Lease lives: the operator's own namespace in a cluster
+    # read a failed vLLM container's previous log (RBAC pods/log): vLLM names why it did not start there,
+    # not in the termination message kubelet keeps
+    read_pod_logs: bool = False
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -59,4 +62,5 @@ class OperatorSettings(BaseModel):
             leader_election=env.get("KVSCALE_LEADER_ELECTION") or None,
             prometheus_urls=tuple(u.strip() for u in env.get("KVSCALE_PROMETHEUS_URLS", "").split(",") if u.strip()),
             lease_namespace=env.get("KVSCALE_LEASE_NAMESPACE") or _own_namespace(),
+            read_pod_logs=env.get("KVSCALE_READ_POD_LOGS", "").lower() in ("1", "true", "yes"),
         )
