@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -61,9 +62,9 @@ EXCLUDED_FROM_SUMMARY = {
 }
 # Before 0.12, vLLM printed hybrid models' capacity as num_blocks // groups * block_size.
 LEGACY_HYBRID_REPORT_BEFORE = (0, 12)
-# Async scheduling (two steps of tokens in flight) is the default from the line that takes CUDA graphs from the
-# KV budget (0.13) on; the V0 engine (records named -v0, before 0.10) had neither.
+# The V0 engine (records named -v0, before 0.10) had neither async scheduling nor chunked prefill.
 V0_ENGINE_RELEASE = "0.6"
+V0_ENGINE_RECORD = re.compile(r"-v0(?:-|$)")  # an id naming the engine, not a release such as -v0.14.1
 SPLITS = ("calibration", "held_out")
 # the fitted constants, in the order of the columns of the design matrix
 FITTED = ("non_torch_base_bytes", "nccl_bytes", "cuda_graph_base_bytes", "cuda_graph_per_layer_bytes")
@@ -93,7 +94,7 @@ def _gpu(name: str | None) -> GPUType | None:
 
 
 def _release(record: dict[str, Any]) -> str:
-    if "-v0" in record["id"]:
+    if V0_ENGINE_RECORD.search(record["id"]):
         return V0_ENGINE_RELEASE
     return record.get("vllm_version") or VLLM_RELEASE
 
@@ -125,7 +126,6 @@ def _setup(record: dict[str, Any]) -> tuple[ModelSpec, GPUType, ServingConfig] |
         gpu_memory_utilization=record.get("gpu_memory_utilization") or profile.gpu_memory_utilization,
         max_num_batched_tokens=mbt, max_num_seqs=record.get("max_num_seqs"),
         enforce_eager=bool(record.get("enforce_eager")),
-        async_scheduling=profile.graphs_in_kv_budget and not v0_engine,
         vllm_release=release,
     )
     return spec, gpu, cfg

@@ -57,7 +57,8 @@ def test_fp8_halves_linear_weights() -> None:
 
 
 #: Qwen/Qwen2-7B-Instruct on one or two A100-80GB, max_model_len 16384, vLLM 0.10.1.1 (dennislee22/vLLM-benchmarking
-#: logs, bench/data/published_vllm_startups.json): the KV memory vLLM said it had and the tokens it made of it.
+#: logs, bench/data/published_vllm_startups.json): the KV memory vLLM said it had and the tokens it made of it,
+#: which checks the KV layout and block rounding, not the overhead model (bench/estimator_accuracy.py does that).
 #: Qwen2.5-7B has Qwen2-7B's layout: 28 layers x (K + V) x 4 KV heads x 128 dims x 2 bytes = 57,344 bytes/token.
 QWEN2_7B_A100 = [  # (tensor parallel, "Available KV cache memory" GiB, "GPU KV cache size" tokens)
     (1, 5.01, 93_872), (1, 24.83, 464_848), (2, 12.02, 450_192), (2, 31.83, 1_192_160)]

@@ -185,17 +185,17 @@ def _pod(name: str, **container: object) -> dict[str, object]:
 
 
 def test_pod_failures_names_pod_reason_exit_code_and_restarts() -> None:
-    from kvscale.operator.autoscale import failure_key, pod_failures
+    from kvscale.operator.autoscale import pod_failures
 
     oom = _pod("a", ready=False, restartCount=2, state={"waiting": {"reason": "CrashLoopBackOff"}},
                lastState={"terminated": {"reason": "OOMKilled", "exitCode": 137}})
     pull = _pod("b", ready=False, restartCount=0, state={"waiting": {"reason": "ImagePullBackOff"}})
     starting = _pod("c", ready=False, restartCount=0, state={"running": {}})
     recovered = _pod("d", ready=True, restartCount=1, lastState={"terminated": {"reason": "Error", "exitCode": 137}})
-    lines = pod_failures([oom, pull, starting, recovered])
-    assert lines == ["pod a container vllm: OOMKilled, exit code 137, CrashLoopBackOff, 2 restarts",
-                     "pod b container vllm: ImagePullBackOff, 0 restarts"]
-    assert failure_key(lines[0]) == "pod a container vllm: OOMKilled, exit code 137, CrashLoopBackOff"
+    found = pod_failures([oom, pull, starting, recovered])
+    assert list(found.values()) == ["pod a container vllm: OOMKilled, exit code 137, CrashLoopBackOff, 2 restarts",
+                                    "pod b container vllm: ImagePullBackOff, 0 restarts"]
+    assert list(found) == ["pod a container vllm: OOMKilled", "pod b container vllm: ImagePullBackOff"]
 
 
 def test_classify_pods_keeps_a_live_server_that_fails_readiness_apart_from_a_broken_one() -> None:

@@ -19,11 +19,12 @@ def test_vllm_032s_kv_cache_too_small_error_is_read_with_its_numbers() -> None:
 
 
 def test_the_log_tail_kubelet_keeps_does_not_hold_the_root_cause() -> None:
-    """The last line is the API server's: alone it names no cause, so the log has to be read."""
-    last = (DATA / "vllm_0.32_kv_too_small.log").read_text().splitlines()[-1]
-    assert last.startswith("RuntimeError: Engine core initialization failed")
-    assert classify_log(last) is None
-    status = {"lastState": {"terminated": {"reason": "Error", "exitCode": 1, "message": last}}}
+    """The termination message of that failure (its last 2 KiB) is the API server's traceback: it names no
+    cause, so the previous container's log has to be read."""
+    tail = (DATA / "vllm_0.32_kv_too_small.termination").read_text().split("\n", 1)[1]
+    assert "Engine core initialization failed" in tail and len(tail.encode()) <= 2048
+    assert classify_log(tail) is None
+    status = {"lastState": {"terminated": {"reason": "Error", "exitCode": 1, "message": tail}}}
     assert classify_container(status) is None
     found = classify_container(status, log=(DATA / "vllm_0.32_kv_too_small.log").read_text())
     assert found is not None and found.cause is StartupCause.KV_TOO_SMALL
@@ -50,20 +51,26 @@ def test_older_releases_wording_and_the_other_causes() -> None:
     assert classify_log("INFO: Started server process") is None
 
 
-def test_a_failed_replicas_line_carries_its_cause_and_a_restart_does_not_make_it_new() -> None:
-    from kvscale.operator.autoscale import failure_key, pod_failures
+def test_a_failed_replicas_line_carries_its_cause_and_a_restart_with_other_numbers_does_not_make_it_new() -> None:
+    from kvscale.operator.autoscale import pod_failures
 
-    crashed = {"metadata": {"name": "chat-0"}, "status": {"containerStatuses": [{
-        "name": "vllm", "ready": False, "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-        "lastState": {"terminated": {"reason": "Error", "exitCode": 1}}}]}}
-    cause = classify_log((DATA / "vllm_0.32_kv_too_small.log").read_text())
-    assert cause is not None
-    (line,) = pod_failures([crashed], {"chat-0": cause})
+    def crashed(restarts: int) -> dict[str, object]:
+        return {"metadata": {"name": "chat-0"}, "status": {"containerStatuses": [{
+            "name": "vllm", "ready": False, "restartCount": restarts,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"reason": "Error", "exitCode": 1}}}]}}
+
+    kv = classify_log((DATA / "vllm_0.32_kv_too_small.log").read_text())
+    assert kv is not None
+    ((key, line),) = pod_failures([crashed(2)], {"chat-0": kv}).items()
     assert line.startswith("pod chat-0 container vllm: Error, exit code 1, CrashLoopBackOff, KVCacheTooSmall: ")
-    assert line.endswith(", 2 restarts")
-    again = {**crashed, "status": {"containerStatuses": [{**crashed["status"]["containerStatuses"][0],
-                                                          "restartCount": 3}]}}
-    (later,) = pod_failures([again], {"chat-0": cause})
-    assert failure_key(later) == failure_key(line)
-    (plain,) = pod_failures([crashed])
-    assert "KVCacheTooSmall" not in plain
+    assert line.endswith(", 2 restarts") and key == "pod chat-0 container vllm: Error (KVCacheTooSmall)"
+    # out of GPU memory again, with other figures in vLLM's words: the same failure
+    first = classify_log("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.96 GiB.")
+    second = classify_log("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.10 GiB.")
+    assert first is not None and second is not None
+    a, b = pod_failures([crashed(1)], {"chat-0": first}), pod_failures([crashed(2)], {"chat-0": second})
+    assert list(a) == list(b) and list(a.values()) != list(b.values())
+    assert "1.96 GiB" in next(iter(a.values()))
+    ((plain_key, plain),) = pod_failures([crashed(2)]).items()
+    assert "KVCacheTooSmall" not in plain and plain_key == "pod chat-0 container vllm: Error"

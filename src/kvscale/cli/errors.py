@@ -21,7 +21,14 @@ def first_error(exc: ValidationError) -> str:
 
 def require_extra(command: str, extra: str, *modules: str) -> None:
     """Commands beyond the operator and the estimator need an optional extra; say which, not a traceback."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    missing = [m for m in modules if not _importable(m)]
     if missing:
         raise UsageError(f"`kvscale {command}` needs the {extra!r} extra ({', '.join(missing)} not installed): "
                          f"pip install 'kvscale[{extra}]'")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False

@@ -42,7 +42,7 @@ class ServingConfig(BaseModel):
     max_num_seqs: int | None = Field(default=None, gt=0)
     block_size: int = Field(default=DEFAULT_BLOCK_SIZE, gt=0)
     enforce_eager: bool = False
-    async_scheduling: bool = True
+    async_scheduling: bool | None = None  # None: the default of vllm_release's line
     kv_cache_memory_bytes: int | None = Field(default=None, gt=0)  # fixed KV space (CPU backend)
     num_gpu_blocks_override: int | None = Field(default=None, gt=0)
     enable_prefix_caching: bool = True  # vLLM's default; hybrid models then pin extra state blocks
@@ -208,7 +208,8 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig, params: ParamBre
         kv_bytes = requested - weights - activation - non_torch - graphs
 
     # the busiest stage decides: vLLM takes the minimum block count over workers
-    in_flight = (2 if cfg.async_scheduling and pp == 1 else pp) * tokens
+    async_scheduling = profile.async_scheduling if cfg.async_scheduling is None else cfg.async_scheduling
+    in_flight = (2 if async_scheduling and pp == 1 else pp) * tokens
     layout: KVLayout | None = None
     cap = None
     for stage in pp_stages(spec.num_layers, pp):

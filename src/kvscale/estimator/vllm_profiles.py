@@ -37,6 +37,7 @@ class VLLMProfile(BaseModel):
     # from 0.13 vLLM takes its CUDA-graph estimate from the KV budget; before, graphs were captured after the
     # KV cache was allocated, out of the memory the utilization left over
     graphs_in_kv_budget: bool
+    async_scheduling: bool  # the line's default: two steps of tokens in flight (sliding-window and state blocks)
     non_torch_base_bytes: int = NON_TORCH_BASE_BYTES
     nccl_bytes: int = NCCL_BYTES
     cuda_graph_base_bytes: int = CUDA_GRAPH_BASE_BYTES
@@ -45,9 +46,9 @@ class VLLMProfile(BaseModel):
 
 #: oldest first. 0.9 was the default utilization before 0.25 (vllm/config/cache.py), 0.92 since (0.32 included).
 PROFILES = (
-    VLLMProfile(line=(0, 10), gpu_memory_utilization=0.9, graphs_in_kv_budget=False),
-    VLLMProfile(line=(0, 13), gpu_memory_utilization=0.9, graphs_in_kv_budget=True),
-    VLLMProfile(line=(0, 25), gpu_memory_utilization=0.92, graphs_in_kv_budget=True),
+    VLLMProfile(line=(0, 10), gpu_memory_utilization=0.9, graphs_in_kv_budget=False, async_scheduling=False),
+    VLLMProfile(line=(0, 13), gpu_memory_utilization=0.9, graphs_in_kv_budget=True, async_scheduling=True),
+    VLLMProfile(line=(0, 25), gpu_memory_utilization=0.92, graphs_in_kv_budget=True, async_scheduling=True),
 )
 
 _RELEASE = re.compile(r"^(\d+)\.(\d+)")

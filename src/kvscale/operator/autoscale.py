@@ -103,15 +103,20 @@ FAILED_WAITING = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePul
                             "CreateContainerConfigError", "RunContainerError", "InvalidImageName"})
 
 
-def pod_failures(pods: list[dict[str, Any]], causes: dict[str, StartupFailure] | None = None) -> list[str]:
-    """One line per vLLM container that is not Ready because it failed: pod, reason, exit code, the cause
-    where it is known (``causes``: pod -> what stopped its last start), restarts.
+def pod_failures(pods: list[dict[str, Any]], causes: dict[str, StartupFailure] | None = None) -> dict[str, str]:
+    """Failure key -> one line per vLLM container that is not Ready because it failed: pod, reason, exit code,
+    the cause where it is known (``causes``: pod -> what stopped its last start), restarts.
 
     A container counts as failed while it waits in a failure state (CrashLoopBackOff, image errors) or
-    is not Ready after a termination (OOMKilled, a non-zero exit); a Ready container has recovered.
+    is not Ready after a termination (OOMKilled, a non-zero exit); a Ready container has recovered. The key
+    (pod, container, reason, cause) stays the same from one restart to the next, whatever numbers the
+    line carries: one Event per new failure, not per restart.
     """
-    return sorted(line for p in pods if not p["metadata"].get("deletionTimestamp")
-                  for line in _container_failures(p, (causes or {}).get(p["metadata"]["name"])))
+    out: dict[str, str] = {}
+    for p in pods:
+        if not p["metadata"].get("deletionTimestamp"):
+            out.update(_container_failures(p, (causes or {}).get(p["metadata"]["name"])))
+    return dict(sorted(out.items(), key=lambda kv: kv[1]))
 
 
 def failed_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -124,28 +129,29 @@ def failed_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _container_failures(pod: dict[str, Any], cause: StartupFailure | None) -> list[str]:
-    out = []
+def _container_failures(pod: dict[str, Any], cause: StartupFailure | None) -> dict[str, str]:
+    out = {}
     for cs in failed_containers(pod):
         waiting = ((cs.get("state") or {}).get("waiting") or {}).get("reason")
         last = (cs.get("lastState") or {}).get("terminated") or {}
         restarts = int(cs.get("restartCount") or 0)
         why = last.get("reason") or waiting or "Terminated"
-        parts = [f"pod {pod['metadata']['name']} container {cs.get('name')}: {why}"]
+        head = f"pod {pod['metadata']['name']} container {cs.get('name')}: {why}"
+        parts = [head]
         if last.get("exitCode") is not None:
             parts.append(f"exit code {last['exitCode']}")
         if waiting and waiting != why:
             parts.append(waiting)
-        if cause is not None and cs.get("name") == VLLM_CONTAINER:
-            parts.append(cause.summary())
+        known = cause if cause is not None and cs.get("name") == VLLM_CONTAINER else None
+        if known is not None:
+            parts.append(known.summary()[:CAUSE_CHARS])
         parts.append(f"{restarts} restart{'s' if restarts != 1 else ''}")
-        out.append(", ".join(parts))
+        out[f"{head} ({known.cause})" if known else head] = ", ".join(parts)
     return out
 
 
-def failure_key(line: str) -> str:
-    """A failure line without its restart count: one Event per new failure, not per restart."""
-    return line.rsplit(", ", 1)[0]
+#: of a failure's cause in its line: the Degraded condition holds every failed replica in 900 characters
+CAUSE_CHARS = 160
 
 
 #: the ReplicaSet removes the pod with the lowest cost first (among Ready pods on equal footing)

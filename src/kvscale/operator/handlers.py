@@ -40,7 +40,6 @@ from .autoscale import (
     deletion_costs,
     estimator_check,
     failed_containers,
-    failure_key,
     mean_kv,
     pod_failures,
     policy_spec,
@@ -73,6 +72,7 @@ PERIODIC_CONCURRENCY = 8
 #: a failed vLLM's root cause sits above the API server's traceback that ends its log (~100 lines on 0.32)
 LOG_TAIL_LINES = 400
 LOG_LIMIT_BYTES = 256 * 1024
+LOG_READ_TIMEOUT_S = 10.0
 
 
 class _State:
@@ -100,6 +100,7 @@ class _State:
     beat: float | None = None  # monotonic time the worker last began a pass
     # per LLMDeployment, pod -> (restart count, why that start failed): its log is read once per restart
     startup_causes: dict[tuple[str, str], dict[str, tuple[int, StartupFailure | None]]] = {}  # noqa: RUF012
+    reported_failures: dict[tuple[str, str], set[str]] = {}  # noqa: RUF012  # failure keys already announced
 
 
 STATE = _State()
@@ -453,7 +454,8 @@ def _forget_deleted(present: set[tuple[str, str]]) -> None:
     """Drop what the operator remembers per LLMDeployment (policy state, markers, locks) for the ones
     that no longer exist: an operator that runs for months sees many come and go."""
     tables: list[dict[tuple[str, str], Any]] = [STATE.policy, STATE.serving, STATE.applied, STATE.reconciled,
-                                                STATE.status_known, STATE.startup_causes]
+                                                STATE.status_known, STATE.startup_causes,
+                                                STATE.reported_failures]
     for table in tables:
         for key in [k for k in list(table) if k not in present]:
             table.pop(key, None)
@@ -647,9 +649,12 @@ def _startup_causes(api: client.ApiClient, ns: str, key: tuple[str, str],
                     try:
                         text = client.CoreV1Api(api).read_namespaced_pod_log(
                             name, ns, container=VLLM_CONTAINER, previous=True, tail_lines=LOG_TAIL_LINES,
-                            limit_bytes=LOG_LIMIT_BYTES)
-                    except client.ApiException as exc:  # no RBAC for pods/log, or the log is gone
-                        log.warning("could not read the previous log of %s/%s: %s", ns, name, exc.reason)
+                            limit_bytes=LOG_LIMIT_BYTES, _request_timeout=LOG_READ_TIMEOUT_S)
+                    # no RBAC for pods/log, the log gone, a timeout, bytes cut mid-character: the pass goes on
+                    # with the termination alone, and this restart is not read again
+                    except Exception as exc:
+                        log.warning("could not read the previous log of %s/%s: %s", ns, name,
+                                    getattr(exc, "reason", None) or exc)
                 seen[name] = (restarts, classify_container(cs, text))
             if (cause := seen[name][1]) is not None:
                 out[name] = cause
@@ -730,11 +735,15 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     updates.append((c.SCALING_LIMITED, bool(decision.limited), "Limited" if decision.limited else "NotLimited",
                     decision.limited or "within bounds"))
     causes = _startup_causes(api, ns, key, pod_dicts) if STATE.settings.read_pod_logs else None
-    failures = pod_failures(pod_dicts, causes)
-    updates.append((c.DEGRADED, bool(failures), "ReplicaFailed" if failures else "ReplicasHealthy",
-                    "; ".join(failures)[:900] or "no failed replica"))
+    found = pod_failures(pod_dicts, causes)
+    updates.append((c.DEGRADED, bool(found), "ReplicaFailed" if found else "ReplicasHealthy",
+                    "; ".join(found.values())[:900] or "no failed replica"))
+    # announced once per failure: remembered here, and (across an operator restart) found in the condition
     before = (c.get_condition(status.get("conditions"), c.DEGRADED) or {}).get("message", "")
-    new_failures = [f for f in failures if failure_key(f) not in before]
+    reported = STATE.reported_failures.setdefault(key, set())
+    new_failures = [line for k, line in found.items() if k not in reported and k not in before]
+    reported.intersection_update(found)
+    reported.update(found)
     metrics.DESIRED.labels(ns, name).set(decision.desired)
     changes = decision.valid and decision.desired != current
     was = status.get("lastDecision") or {}

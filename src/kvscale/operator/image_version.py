@@ -1,7 +1,8 @@
 """Which vLLM release an image runs, and whether the estimator models it (pure).
 
 The estimate uses the start-up profile of the image's release line (``estimator.vllm_profiles``:
-default utilization, where the CUDA-graph pool comes from). Its overheads are fitted on logs of
+where the CUDA-graph pool comes from, async scheduling); the rendered pod always passes the spec's
+``--gpu-memory-utilization``, so the line's default does not apply. Its overheads are fitted on logs of
 several releases and checked live on one, so a plan for another release is an estimate, not a
 prediction. The release is read from the image tag (``v0.32.0``, ``0.32.0-cu128``,
 ``rocm7.0.0_vllm_0.11.2_...``); a tag without one is reported as unknown rather than guessed.

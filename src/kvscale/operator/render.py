@@ -110,6 +110,8 @@ def render(name: str, namespace: str, uid: str, spec: LLMDeploymentSpec, plan: P
         # a busy server answers /health late; only one silent for a minute is restarted
         "livenessProbe": {**probe, "timeoutSeconds": 10, "failureThreshold": 6},
         "lifecycle": {"preStop": {"sleep": {"seconds": ENDPOINT_LAG_S}}},
+        # a failed start leaves vLLM's last log lines in the pod's status (kubectl describe shows them)
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *source.mounts, *spec.vllm.volume_mounts],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                             **({"runAsNonRoot": True, "runAsUser": spec.vllm.run_as_user}

@@ -92,7 +92,7 @@ class Serving(_Model):
         "KV cache dtype; fp8 halves KV memory."))
     gpu_memory_utilization: float = Field(
         default=DEFAULT_GPU_MEMORY_UTILIZATION, alias="gpuMemoryUtilization", gt=0, le=1, description=(
-        "Fraction of each GPU's memory vLLM may use (weights + activations + KV cache); vLLM's default."))
+        "Fraction of each GPU's memory vLLM may use (weights + activations + KV cache); default: vLLM 0.32's."))
     max_num_batched_tokens: int | None = Field(default=None, alias="maxNumBatchedTokens", ge=1, description=(
         "Token budget per engine step; larger values raise the activation peak. Default: vLLM's for the GPU."))
     max_num_seqs: int | None = Field(default=None, alias="maxNumSeqs", ge=1, le=65_536, description=(

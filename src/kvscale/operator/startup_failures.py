@@ -2,8 +2,9 @@
 
 vLLM says why it will not start in the engine core's error, well above the log's last lines: the
 API server's own traceback ("Engine core initialization failed. See root cause above") ends it, so
-the termination message kubelet keeps (the log's last 2 KiB at most) rarely holds the cause. The
-previous container's log does, where the operator may read pod logs (``readPodLogs``).
+the termination message kubelet keeps (the rendered pods set FallbackToLogsOnError: the log's last 80
+lines, 2 KiB at most) rarely holds the cause. The previous container's log does, where the operator may
+read pod logs (``readPodLogs``); the termination message is read too, for causes printed last.
 """
 
 from __future__ import annotations
