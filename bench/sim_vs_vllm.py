@@ -52,7 +52,7 @@ def main() -> None:
                            calibration_slice=Workload(name="calibration", trace=args.trace,
                                                       start_s=args.start - 20.0 * args.rate_scale, duration_s=20.0,
                                                       rate_scale=args.rate_scale),
-                           repeat=None if args.no_repeat else "trace")
+                           repeat=() if args.no_repeat else ("trace",))
     wall = time.monotonic() - t0
 
     cal = Table(title="Step-time calibration (engine-side timestamps, medians)")
@@ -79,10 +79,10 @@ def main() -> None:
     for rp in c.replays:
         t.add_column(f"{rp.workload.name} ({rp.requests} req.)\nvLLM", justify="right")
         t.add_column("\nsim", justify="right")
-    if c.real_vs_real:
-        t.add_column("trace again\nvLLM #1", justify="right")
+    for name in c.real_vs_real:
+        t.add_column(f"{name} again\nvLLM #1", justify="right")
         t.add_column("\nvLLM #2", justify="right")
-    tables = [table_rows(rp.figures) for rp in c.replays] + ([table_rows(c.real_vs_real)] if c.real_vs_real else [])
+    tables = [table_rows(rp.figures) for rp in c.replays] + [table_rows(f) for f in c.real_vs_real.values()]
     for i, (label, *_) in enumerate(tables[0]):
         t.add_row(label, *[cell for rows in tables for cell in rows[i][1:]])
     console.print(t)

@@ -4,9 +4,11 @@ One server (32 blocks of 128 tokens, max_num_seqs 16, max_num_batched_tokens 256
 the simulator calibrated on it (probes, then 20 s of the trace at the replay's load for the pace), then two
 replays on both: 40 trace requests released to the scheduler at once, where its rules (admitting whole
 prompts, chunked prefill, preempting the newest, recomputing) decide the outcome, and the next 30 s of
-the Azure conversation trace, where step times matter too. The bounds come from repeated runs on a 2-core host
-(bench/sim_vs_vllm.py); each leaves room for the real server's own run-to-run spread and still fails a
-simulator that gets the memory accounting or the scheduling rules wrong. About two minutes.
+the Azure conversation trace, where step times matter too. Both replay a second time on the server, after
+the rest: on this 2-core host the engine's own pace drifts between runs (the same slice decoded at 8 and at
+17 ms per token in one hour), so a bound on timing is the larger of a fixed one, set from repeated runs
+(bench/sim_vs_vllm.py), and NOISE_FACTOR times the server's own spread in this session. Each still fails a
+simulator that gets the memory accounting or the scheduling rules wrong. About three minutes.
 """
 
 from __future__ import annotations
@@ -15,17 +17,26 @@ from pathlib import Path
 
 import pytest
 
-from kvscale.sim.comparison import Comparison, Replay, plot, table_rows
+from kvscale.sim.comparison import Comparison, Replay, plot, spread, table_rows
 from kvscale.sim.workloads import Burst, Workload
 from kvscale.testing.sim_vs_vllm import run_comparison
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
+#: the simulator is held to one real run; a perfect one lands as far from it as the second real run, or
+#: somewhat further where the two runs straddle it
+NOISE_FACTOR = 1.5
+
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory: pytest.TempPathFactory) -> Comparison:
     return run_comparison([Burst(n=40), Workload(duration_s=30.0)], workdir=tmp_path_factory.mktemp("simval"),
-                          calibration_reps=3)
+                          calibration_reps=3, repeat=("burst", "trace"))
+
+
+def bound(c: Comparison, name: str, stem: str, fixed: float) -> float:
+    """A relative bound on a timing figure: the fixed one, or the server's own spread in this session."""
+    return max(fixed, NOISE_FACTOR * spread(c.real_vs_real[name], stem))
 
 
 def replay(c: Comparison, name: str) -> Replay:
@@ -59,9 +70,12 @@ def test_burst_preempts_as_often_as_vllm(comparison: Comparison) -> None:
 def test_burst_fills_and_drains_the_cache_alike(comparison: Comparison) -> None:
     f = replay(comparison, "burst").figures
     assert f["kv_peak_real"] >= 0.9 and f["kv_peak_sim"] >= 0.9
-    # mean |KV difference| seen 0.03-0.14, completion within 10%
-    assert f["kv_abs_diff_mean"] <= 0.25, f
-    assert f["makespan_sim"] == pytest.approx(f["makespan_real"], rel=0.25), f
+    # mean |KV difference| seen 0.03-0.14 (0.33 once the engine ran slower than it was calibrated), completion
+    # within 10%
+    noise = comparison.real_vs_real["burst"]
+    assert f["kv_abs_diff_mean"] <= max(0.25, NOISE_FACTOR * noise["kv_abs_diff_mean"]), (f, noise)
+    assert f["makespan_sim"] == pytest.approx(f["makespan_real"], rel=bound(comparison, "burst", "makespan", 0.25)), \
+        (f, noise)
 
 
 def test_trace_slice_fills_the_cache_on_both(comparison: Comparison) -> None:
@@ -82,8 +96,11 @@ def test_trace_slice_preemptions_and_pace_agree(comparison: Comparison) -> None:
     # the pace was fitted on the 24 s before this slice played 1.2x as fast (the same load), not on this slice
     fit = {k: getattr(comparison.calibration, k) for k in ("load_scale", "load_tpot_real_s", "load_tpot_sim_s")}
     pace = {k: f[k] for k in ("tpot_mean_real", "tpot_mean_sim", "makespan_real", "makespan_sim")}
-    assert f["tpot_mean_sim"] == pytest.approx(f["tpot_mean_real"], rel=0.25), (pace, fit)
-    assert f["makespan_sim"] == pytest.approx(f["makespan_real"], rel=0.15), (pace, fit)
+    noise = {k: comparison.real_vs_real["trace"][k] for k in ("tpot_mean_real", "tpot_mean_sim")}
+    tpot_bound = bound(comparison, "trace", "tpot_mean", 0.25)
+    assert f["tpot_mean_sim"] == pytest.approx(f["tpot_mean_real"], rel=tpot_bound), (pace, fit, noise)
+    assert f["makespan_sim"] == pytest.approx(f["makespan_real"], rel=bound(comparison, "trace", "makespan", 0.15)), \
+        (pace, fit, noise)
 
 
 def test_comparison_is_reported(comparison: Comparison, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ class Comparison:
     model: ReplicaModel
     replays: list[Replay]
     timings_s: dict[str, float]
-    real_vs_real: dict[str, float] | None = None  # the same workload twice on the server: the noise floor
+    # workload name -> figures of its two runs on the server (run 1 as "real", run 2 as "sim"): the noise floor
+    real_vs_real: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"server": asdict(self.server), "calibration": asdict(self.calibration), "model": asdict(self.model),
@@ -108,3 +109,9 @@ def plot(c: Comparison, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def spread(runs: dict[str, float], stem: str) -> float:
+    """How far the server's second run of a workload landed from its first, relative: |run 2 - run 1| / run 1."""
+    first, second = runs[f"{stem}_real"], runs[f"{stem}_sim"]
+    return abs(second - first) / first if first else 0.0

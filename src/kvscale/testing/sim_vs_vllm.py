@@ -56,10 +56,10 @@ def environment(**values: str) -> Iterator[None]:
 
 def run_comparison(workloads: Sequence[Workload | Burst], server: ServerConfig | None = None,
                    workdir: Path | None = None, calibration_reps: int = 3,
-                   calibration_slice: Workload = CALIBRATION_SLICE, repeat: str | None = None,
+                   calibration_slice: Workload = CALIBRATION_SLICE, repeat: Sequence[str] = (),
                    ready_timeout_s: float = 420.0) -> Comparison:
     """Start vLLM, calibrate once (probes, then ``calibration_slice`` for the level under load), replay each
-    workload on the server and in the simulator, stop vLLM. ``repeat`` names a workload to replay a second
+    workload on the server and in the simulator, stop vLLM. ``repeat`` names workloads to replay a second
     time on the server: the run-to-run noise of the real system, the floor for any agreement. Raises
     VLLMUnavailable when there is no vLLM to start."""
     cfg = server or ServerConfig()
@@ -101,7 +101,7 @@ def run_comparison(workloads: Sequence[Workload | Burst], server: ServerConfig |
                 raise RuntimeError(f"calibration slice: {extra['errors'][0]}")
             cal = fit_load_scale(cal, cfg, arch, sent_as_arrivals(results), extra["server_tpot_mean_s"])
             timings["calibration slice"] = time.monotonic() - t
-            extra_runs = [pw for pw in plans if pw[0].name == repeat]
+            extra_runs = [pw for pw in plans if pw[0].name in repeat]
             for i, (w, reqs) in enumerate(plans + extra_runs):
                 t = time.monotonic()
                 runs.append(await replay_real(srv.url, reqs, hold=isinstance(w, Burst) and w.hold))
@@ -119,8 +119,8 @@ def run_comparison(workloads: Sequence[Workload | Burst], server: ServerConfig |
     for (w, reqs), (real, results, extra) in zip(plans, runs, strict=False):
         sim = replay_sim(model, sent_as_arrivals(results))
         replays.append(Replay(w, len(reqs), real, sim, compare(real, sim), extra))
-    again = [i for i, (w, _) in enumerate(plans) if w.name == repeat]
-    noise = compare(runs[again[0]][0], runs[-1][0]) if again else None
+    again = [i for i, (w, _) in enumerate(plans) if w.name in repeat]  # replayed again in this order, after all
+    noise = {plans[i][0].name: compare(runs[i][0], runs[len(plans) + k][0]) for k, i in enumerate(again)}
     if workdir is None:
         cleanup_dir(work)
     return Comparison(cfg, cal, model, replays, timings, noise)
