@@ -34,9 +34,17 @@ def comparison(tmp_path_factory: pytest.TempPathFactory) -> Comparison:
                           calibration_reps=3, repeat=("burst", "trace"))
 
 
+#: past this the server disagrees with itself too much for any timing to be judged: the test says so and skips
+MAX_NOISE_BOUND = 0.6
+
+
 def bound(c: Comparison, name: str, stem: str, fixed: float) -> float:
     """A relative bound on a timing figure: the fixed one, or the server's own spread in this session."""
-    return max(fixed, NOISE_FACTOR * spread(c.real_vs_real[name], stem))
+    noise = NOISE_FACTOR * spread(c.real_vs_real[name], stem)
+    if noise > MAX_NOISE_BOUND:
+        pytest.skip(f"vLLM's two runs of {name} differ by {noise / NOISE_FACTOR:.0%} in {stem} on this host now: "
+                    "too noisy to judge the simulator's timing")
+    return max(fixed, noise)
 
 
 def replay(c: Comparison, name: str) -> Replay:
@@ -73,7 +81,10 @@ def test_burst_fills_and_drains_the_cache_alike(comparison: Comparison) -> None:
     # mean |KV difference| seen 0.03-0.14 (0.33 once the engine ran slower than it was calibrated), completion
     # within 10%
     noise = comparison.real_vs_real["burst"]
-    assert f["kv_abs_diff_mean"] <= max(0.25, NOISE_FACTOR * noise["kv_abs_diff_mean"]), (f, noise)
+    kv_bound = max(0.25, NOISE_FACTOR * noise["kv_abs_diff_mean"])
+    if kv_bound > MAX_NOISE_BOUND:
+        pytest.skip(f"vLLM's two bursts differ by a mean {noise['kv_abs_diff_mean']:.2f} in KV usage: too noisy")
+    assert f["kv_abs_diff_mean"] <= kv_bound, (f, noise)
     assert f["makespan_sim"] == pytest.approx(f["makespan_real"], rel=bound(comparison, "burst", "makespan", 0.25)), \
         (f, noise)
 

@@ -4,7 +4,7 @@ from multiprocessing.connection import Connection
 
 import pytest
 
-from kvscale.estimator.catalog import catalog_ids, resolve_model
+from kvscale.estimator.catalog import catalog, catalog_ids, resolve_model
 from kvscale.estimator.errors import InvalidConfig, UnknownModel
 from kvscale.estimator.model_spec import FFN, Mixer, from_hf_config
 
@@ -142,3 +142,19 @@ def test_the_deepest_published_models_are_within_the_layer_limit() -> None:
     with pytest.raises(InvalidConfig, match=r"num_hidden_layers.*1025.*at most 1024"):
         from_hf_config({"model_type": "llama", "num_hidden_layers": 1025, "hidden_size": 64,
                         "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100})
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("attn_layer_period", 0), ("expert_layer_period", 0), ("full_attention_interval", 0),
+    ("moe_layer_freq", 0), ("attn_layer_period", "2"), ("first_k_dense_replace", -1)])
+def test_a_layer_period_that_would_divide_by_zero_or_is_not_a_number_is_refused_by_name(field: str,
+                                                                                        value: object) -> None:
+    """These fields are divided by or compared with: 0 raised ZeroDivisionError, which no caller catches."""
+    base = {"Jamba": "ai21labs/AI21-Jamba-1.5-Mini", "Next": "Qwen/Qwen3-Next-80B-A3B-Instruct",
+            "DeepSeek": "deepseek-ai/DeepSeek-V3"}
+    model = base["Next"] if field == "full_attention_interval" else \
+        base["DeepSeek"] if field in ("moe_layer_freq", "first_k_dense_replace") else base["Jamba"]
+    cfg = {**catalog()[model.lower()].config, field: value}
+    cfg.pop("layer_types", None)  # so that the period, not an explicit list, lays the layers out
+    with pytest.raises(InvalidConfig, match=field):
+        from_hf_config(cfg)

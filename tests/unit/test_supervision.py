@@ -161,8 +161,9 @@ def test_a_pass_forgets_what_it_held_for_deleted_objects(monkeypatch: pytest.Mon
     kept, gone = ("ns", "kept"), ("ns", "gone")
     body = {"metadata": {"namespace": "ns", "name": "kept"}, "spec": {}, "status": {}}
     monkeypatch.setattr(handlers.STATE, "objects", _Index({kept: [body]}))
-    for table in ("policy", "serving", "applied", "reconciled", "status_known", "locks"):
+    for table in ("policy", "serving", "applied", "reconciled", "status_known"):
         monkeypatch.setattr(handlers.STATE, table, {kept: object(), gone: object()})
+    monkeypatch.setattr(handlers.STATE, "locks", {kept: threading.Lock(), gone: threading.Lock()})
     seen: list[str] = []
     monkeypatch.setattr(handlers, "_periodic", lambda b, replan: seen.append(b["metadata"]["name"]))
     with ThreadPoolExecutor(2) as pool:
@@ -170,6 +171,21 @@ def test_a_pass_forgets_what_it_held_for_deleted_objects(monkeypatch: pytest.Mon
     assert seen == ["kept"]
     for table in ("policy", "serving", "applied", "reconciled", "status_known", "locks"):
         assert set(getattr(handlers.STATE, table)) == {kept}, table
+
+
+def test_forgetting_spares_an_object_created_since_the_pass_began_and_a_lock_in_use(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    new, gone_busy = ("ns", "new"), ("ns", "busy")
+    body = {"metadata": {"namespace": "ns", "name": "new"}, "spec": {}, "status": {}}
+    monkeypatch.setattr(handlers.STATE, "objects", _Index({new: [body]}))  # indexed after `present` was taken
+    monkeypatch.setattr(handlers.STATE, "policy", {new: object()})
+    held = threading.Lock()
+    held.acquire()
+    monkeypatch.setattr(handlers.STATE, "locks", {new: threading.Lock(), gone_busy: held})
+    handlers._forget_deleted(present=set())
+    assert set(handlers.STATE.policy) == {new}
+    assert set(handlers.STATE.locks) == {new, gone_busy}
+    held.release()
 
 
 def test_the_watch_copy_is_trusted_only_once_it_includes_kvscales_own_last_write(

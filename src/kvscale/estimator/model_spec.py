@@ -152,6 +152,14 @@ def _req(cfg: dict[str, Any], *keys: str) -> int:
     raise InvalidConfig(f"config.json lacks {' / '.join(repr(k) for k in keys)}")
 
 
+def _int(cfg: dict[str, Any], key: str, default: int, minimum: int) -> int:
+    """An optional integer field (a layer period, interval or offset): what it divides or compares with."""
+    value = cfg.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InvalidConfig(f"config field {key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 # Defaults transformers applies when a config omits a field (taken from the model classes).
 _GEMMA3_TEXT_DEFAULTS = {"sliding_window_pattern": 6, "sliding_window": 4096, "head_dim": 256,
                          "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 262208,
@@ -175,15 +183,15 @@ def _layer_mixers(cfg: dict[str, Any], n: int, model_type: str) -> tuple[list[Mi
             raise InvalidConfig(f"hybrid_override_pattern has {len(pattern)} entries for {n} layers")
         return [Mixer.MAMBA if c == "M" else Mixer.FULL if c == "*" else Mixer.NONE for c in pattern], None
     if "attn_layer_period" in cfg:  # Jamba
-        period, offset = cfg["attn_layer_period"], cfg.get("attn_layer_offset", 0)
+        period, offset = _int(cfg, "attn_layer_period", 1, 1), _int(cfg, "attn_layer_offset", 0, 0)
         return [Mixer.FULL if i % period == offset else Mixer.MAMBA for i in range(n)], None
     if "full_attention_interval" in cfg:  # Qwen3-Next without explicit layer_types
-        k = cfg["full_attention_interval"]
+        k = _int(cfg, "full_attention_interval", 1, 1)
         return [Mixer.FULL if (i + 1) % k == 0 else Mixer.LINEAR for i in range(n)], None
     if model_type == "gemma2":
         return [Mixer.SLIDING if i % 2 == 0 else Mixer.FULL for i in range(n)], window
     if model_type in ("gemma3", "gemma3_text"):
-        pattern = cfg.get("sliding_window_pattern") or 6
+        pattern = _int(cfg, "sliding_window_pattern", 6, 1) if cfg.get("sliding_window_pattern") is not None else 6
         return [Mixer.FULL if (i + 1) % pattern == 0 else Mixer.SLIDING for i in range(n)], window
     if model_type in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
         if cfg.get("use_sliding_window") and window:
@@ -221,14 +229,13 @@ def _ffns(cfg: dict[str, Any], n: int, moe: MoESpec | None, mixers: list[Mixer])
     if moe is None:
         return [FFN.DENSE] * n
     if "first_k_dense_replace" in cfg:  # DeepSeek
-        k = cfg["first_k_dense_replace"]
-        freq = cfg.get("moe_layer_freq", 1)
+        k, freq = _int(cfg, "first_k_dense_replace", 0, 0), _int(cfg, "moe_layer_freq", 1, 1)
         return [FFN.MOE if i >= k and i % freq == 0 else FFN.DENSE for i in range(n)]
     if "expert_layer_period" in cfg:  # Jamba
-        period, offset = cfg["expert_layer_period"], cfg.get("expert_layer_offset", 0)
+        period, offset = _int(cfg, "expert_layer_period", 1, 1), _int(cfg, "expert_layer_offset", 0, 0)
         return [FFN.MOE if i % period == offset else FFN.DENSE for i in range(n)]
     mlp_only = set(cfg.get("mlp_only_layers") or [])
-    step = cfg.get("decoder_sparse_step", 1) or 1
+    step = _int(cfg, "decoder_sparse_step", 1, 0) or 1
     return [FFN.DENSE if i in mlp_only or (i + 1) % step != 0 else FFN.MOE for i in range(n)]
 
 

@@ -456,12 +456,15 @@ def _forget_deleted(present: set[tuple[str, str]]) -> None:
     tables: list[dict[tuple[str, str], Any]] = [STATE.policy, STATE.serving, STATE.applied, STATE.reconciled,
                                                 STATE.status_known, STATE.startup_causes,
                                                 STATE.reported_failures]
+    # ``present`` was taken when the pass began: one created since is in the index now, and keeps its state
+    gone = {k for table in tables for k in table if k not in present and _indexed(*k) is None}
     for table in tables:
-        for key in [k for k in list(table) if k not in present]:
+        for key in gone & set(table):
             table.pop(key, None)
-    STATE.known_seen.intersection_update(present)
-    with STATE.locks_guard:
-        for key in [k for k in STATE.locks if k not in present]:
+    STATE.known_seen.difference_update({k for k in STATE.known_seen if k not in present and _indexed(*k) is None})
+    with STATE.locks_guard:  # a lock held now belongs to a reconcile that is running: it stays
+        for key in [k for k, lock in STATE.locks.items()
+                    if k not in present and not lock.locked() and _indexed(*k) is None]:
             del STATE.locks[key]
 
 

@@ -32,7 +32,13 @@ class LatestWork:
             waiting = key in self._queued
             self._queued[key] = work
         if not waiting:
-            self._pool.submit(self._run, key)
+            try:
+                self._pool.submit(self._run, key)
+            except RuntimeError:  # shut down: nothing runs this key, so it must not look queued
+                with self._guard:
+                    if self._queued.get(key) is work:
+                        del self._queued[key]
+                raise
 
     def _run(self, key: Hashable) -> None:
         with self._guard:
