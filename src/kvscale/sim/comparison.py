@@ -110,8 +110,3 @@ def plot(c: Comparison, path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
-def spread(runs: dict[str, float], stem: str) -> float:
-    """How far the server's second run of a workload landed from its first, relative: |run 2 - run 1| / run 1."""
-    first, second = runs[f"{stem}_real"], runs[f"{stem}_sim"]
-    return abs(second - first) / first if first else 0.0
