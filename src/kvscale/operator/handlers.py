@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -375,7 +376,14 @@ def _reconcile_now(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, 
                     _post(body, [Event("Warning", "RenderRejected", message)])  # once, not per retry
                 metrics.RECONCILES.labels("unplanned").inc()
                 return False
-            raise kopf.TemporaryError(f"applying {obj['kind']} {name}: {exc.status} {exc.reason}", delay=15) from exc
+            # anything else may pass (an API server restarting): retried, and until then the condition says
+            # what the API server answered, so that no object is left without a word on why it is not running
+            answer = f"{exc.status} {api_message(exc)}"[:600]
+            with contextlib.suppress(client.ApiException, StatusConflict, urllib3.exceptions.HTTPError):
+                _write_status(api, ns, name, {}, [(c.PLANNED, False, "ApplyFailed",
+                                                   f"applying the {obj['kind']} failed: {answer}; retrying")],
+                              _now(), generation=generation)
+            raise kopf.TemporaryError(f"applying {obj['kind']} {name}: {answer}", delay=15) from exc
         found = done if isinstance(done, dict) else api.sanitize_for_serialization(done)  # type: ignore[no-untyped-call]
         applied[child_key(obj)] = marker({**found, "kind": obj["kind"]})
     if applied:
