@@ -150,9 +150,7 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
                                     f"kept, and re-made after {REPLAN_GRACE_S:.0f} s unless one returns"))
     recorded = dict(status.get("children") or {})
     drifted = not recorded or (children is not None and any(children.get(k) != v for k, v in recorded.items()))
-    # an apply that failed (ApplyFailed) left Planned False: applied again, and the condition set right
-    planned_ok = (c.get_condition(conds, c.PLANNED) or {}).get("status") == "True"
-    unchanged = not out.plan_changed and status.get("observedGeneration") == generation and not drifted and planned_ok
+    unchanged = not out.plan_changed and status.get("observedGeneration") == generation and not drifted
     replicas = desired_replicas(spec, p)
     if unchanged:
         return out
