@@ -203,30 +203,39 @@ def test_oom_killed_replica_is_reported_by_pod_and_reason(real_api: Any, real_na
     assert pod.metadata.name in events[0].message and "OOMKilled" in events[0].message
 
 
-def test_a_replica_whose_kv_cache_cannot_hold_max_model_len_says_so_with_vllms_numbers(
+def test_a_replica_whose_kv_cache_cannot_hold_max_model_len_is_read_and_replanned(
         real_api: Any, real_namespace: str, real_operator: OperatorProcess) -> None:
-    """The GPU plan fits 32,768 tokens; the CPU image's 1 GiB KV cache holds 16,384 of this model (65,536 bytes a
-    token): real vLLM refuses to start, and the operator reads why from the previous container's log."""
+    """The L4 plan fits 32,768 tokens; the CPU image's 1 GiB KV cache holds 16,384 of this model (65,536 bytes a
+    token): real vLLM refuses to start on the real node, the operator reads why from the previous container's
+    log, reserves what vLLM did not have on L4 and plans again: H100 (the kwok node), where the next replica
+    starts."""
     ns = real_namespace
     body = tiny_llmdeployment("long", vllm={"extraArgs": [
         "--load-format", "dummy", "--skip-tokenizer-init", "--dtype", "bfloat16",
         "--hf-overrides", '{"max_position_embeddings": 65536}']})
     body["spec"]["model"]["architecture"]["max_position_embeddings"] = 65536
     body["spec"]["serving"]["maxModelLen"] = 32768
+    body["spec"]["placement"]["gpuTypes"] = ["L4", "H100-80GB"]
     create(real_api, ns, body)
-    o = wait_for(lambda: (o := obj(real_api, ns, "long")) and (c := condition(o, "Degraded"))
-                 and "KVCacheTooSmall" in c["message"] and o, START_TIMEOUT_S, "Degraded naming KVCacheTooSmall",
-                 every=3)
-    msg = condition(o, "Degraded")["message"]
+    first = wait_for(lambda: (o := obj(real_api, ns, "long")).get("status", {}).get("plan") and o, 60, "a plan")
+    assert first["status"]["plan"]["gpu"] == "L4"  # the cheapest: on the real nodes
+    o = wait_for(lambda: (o := obj(real_api, ns, "long")) and o.get("status", {}).get("startupFailures") and o,
+                 START_TIMEOUT_S, "the failed start on record", every=3)
+    (record,) = o["status"]["startupFailures"]
+    assert record["cause"] == "KVCacheTooSmall" and record["gpu"] == "L4", record
     # 32,768 tokens x 65,536 bytes = 2 GiB; what the 1 GiB cache leaves, vLLM prints to two decimals
-    had = re.search(r"one 32,768-token request needs 2 GiB of KV cache, vLLM had ([\d.]+) GiB", msg)
-    assert had is not None and 0.9 <= float(had.group(1)) <= 1.0, msg
-    assert "vLLM estimates it fits" in msg
-    assert condition(o, "Planned")["status"] == "True"  # the estimate thought it fits: that is what went wrong
-    events = wait_for(lambda: [e for e in client.CoreV1Api(real_api).list_namespaced_event(ns).items
-                               if e.reason == "ReplicaFailed" and "KVCacheTooSmall" in e.message], 60,
-                      "ReplicaFailed Event with the cause")
-    assert f"vLLM had {had.group(1)} GiB" in events[0].message
+    had = re.search(r"one 32,768-token request needs 2 GiB of KV cache, vLLM had ([\d.]+) GiB", record["message"])
+    assert had is not None and 0.9 <= float(had.group(1)) <= 1.0, record
+    assert record["missingGiB"] == pytest.approx(first["status"]["plan"]["kvCacheGiB"] - float(had.group(1)),
+                                                 abs=0.011)
+    replanned = wait_for(lambda: (o := obj(real_api, ns, "long"))["status"]["plan"]["gpu"] == "H100-80GB" and o,
+                         60, "a plan on H100")
+    assert any("failed to start" in r for r in replanned["status"]["rejected"])
+    wait_for(lambda: [p for p in ready_pods(real_api, ns, "long") if p.spec.node_name.startswith("kwok")], 180,
+             "the next replica Ready on the H100 node", every=3)
+    reasons = {e.reason: e.message for e in client.CoreV1Api(real_api).list_namespaced_event(ns).items}
+    assert "KVCacheTooSmall" in reasons.get("ReplicaFailed", ""), reasons
+    assert "planning again (1 of 3)" in reasons.get("Replanning", ""), reasons
 
 
 def test_helm_installed_operator_runs_as_a_real_pod_and_reconciles(real_cluster: LocalCluster, real_api: Any,

@@ -48,6 +48,8 @@ class ServingConfig(BaseModel):
     enable_prefix_caching: bool = True  # vLLM's default; hybrid models then pin extra state blocks
     ssm_cache_dtype: str = "auto"  # Mamba/linear-attention state dtype ("float32" on vLLM's CPU backend)
     vllm_release: str = VLLM_RELEASE  # whose start-up overheads apply (vllm_profiles)
+    # per GPU, memory something the model does not account for takes: measured where a start failed
+    reserved_bytes: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:
@@ -205,7 +207,7 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig, params: ParamBre
     if cfg.kv_cache_memory_bytes is not None:
         kv_bytes = cfg.kv_cache_memory_bytes
     else:
-        kv_bytes = requested - weights - activation - non_torch - graphs
+        kv_bytes = requested - weights - activation - non_torch - graphs - cfg.reserved_bytes
 
     # the busiest stage decides: vLLM takes the minimum block count over workers
     async_scheduling = profile.async_scheduling if cfg.async_scheduling is None else cfg.async_scheduling
@@ -226,8 +228,11 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig, params: ParamBre
     per_req_bytes = layout.bytes_per_block * layout.blocks_per_request
     fits = cap.num_blocks >= layout.blocks_per_request and kv_bytes > 0
     if kv_bytes <= 0:
-        need = weights + activation + non_torch + graphs + per_req_bytes
-        reason = (f"weights {weights / GIB:.2f} GiB + overheads {(activation + non_torch + graphs) / GIB:.2f} GiB "
+        overheads = activation + non_torch + graphs + cfg.reserved_bytes
+        need = weights + overheads + per_req_bytes
+        measured = f" (of which {cfg.reserved_bytes / GIB:.2f} GiB measured at a failed start)" \
+            if cfg.reserved_bytes else ""
+        reason = (f"weights {weights / GIB:.2f} GiB + overheads {overheads / GIB:.2f} GiB{measured} "
                   f"per GPU exceed {cfg.gpu_memory_utilization:g} x {gpu.memory_gib:g} GiB = "
                   f"{requested / GIB:.2f} GiB; needs at least {need / GIB:.2f} GiB for one {max_len}-token request")
     elif not fits:

@@ -48,6 +48,11 @@ class LoadTarget(BaseModel):
     mean_output_tokens: int = Field(gt=0)
 
 
+def layout_key(gpu: str, tp: int, quantization: Quantization) -> str:
+    """How a layout is named where a failed start excludes it (PlanRequest.excluded)."""
+    return f"{gpu}/{tp}/{quantization.value}"
+
+
 class PlanRequest(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -66,6 +71,10 @@ class PlanRequest(BaseModel):
     enable_prefix_caching: bool = True
     prefer: Preference = Preference.COST
     vllm_release: str = VLLM_RELEASE  # the release of the image that will run the plan
+    # what failed starts taught: per GPU type, memory per GPU the estimate did not account for, and
+    # layouts ("GPU/TP/quantization") that must not be tried again, with why
+    reserved_bytes: dict[str, int] = Field(default_factory=dict)
+    excluded: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _target(self) -> PlanRequest:
@@ -164,6 +173,10 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
                     rejections.append(Rejection(gpu=name, tensor_parallel_size=tp,
                                                 quantization=quant.value, reason=reason))
 
+                failed = req.excluded.get(layout_key(gpu.name, tp, quant))
+                if failed:
+                    reject(failed)
+                    continue
                 if tp > req.max_gpus_per_replica:
                     reject(f"{tp} GPUs exceed maxGPUsPerReplica {req.max_gpus_per_replica}")
                     continue
@@ -182,7 +195,7 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
                     max_model_len=req.max_model_len, gpu_memory_utilization=req.gpu_memory_utilization,
                     max_num_batched_tokens=req.max_num_batched_tokens, max_num_seqs=req.max_num_seqs,
                     block_size=req.block_size, enable_prefix_caching=req.enable_prefix_caching,
-                    vllm_release=req.vllm_release)
+                    vllm_release=req.vllm_release, reserved_bytes=req.reserved_bytes.get(gpu.name, 0))
                 try:
                     est = estimate(spec, gpu, cfg, params)
                 except EstimatorError as exc:

@@ -51,11 +51,12 @@ from .health import Liveness
 from .latest_work import LatestWork
 from .leadership import LeaseElector
 from .prometheus_access import secret_error, url_error
-from .reconcile import Event, Reconciliation, child_key, deployment_progress, parse_spec, reconcile
+from .reconcile import Event, Reconciliation, child_key, deployment_progress, parse_spec, reconcile, spec_hash
 from .render import INSTANCE_LABEL, VLLM_CONTAINER, selector_string
 from .resource import GROUP, KIND, PLURAL, VERSION, LLMDeploymentSpec, MetricsSourceType
 from .settings import OperatorSettings
 from .startup_failures import StartupFailure, classify_container
+from .startup_replan import MAX_RECORDS, MAX_STARTUP_REPLANS, for_spec, new_failure
 
 log = logging.getLogger("kvscale.operator")
 
@@ -747,6 +748,10 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
                     decision.limited or "within bounds"))
     causes = _startup_causes(api, ns, key, pod_dicts) if STATE.settings.read_pod_logs else None
     found = pod_failures(pod_dicts, causes)
+    failed_start = new_failure(pod_dicts, causes or {}, status, spec_hash(raw), now) if causes else None
+    if failed_start is not None:
+        kept = list(status.get("startupFailures") or [])[-(MAX_RECORDS - 1):]
+        fields["startupFailures"] = [*kept, failed_start]
     updates.append((c.DEGRADED, bool(found), "ReplicaFailed" if found else "ReplicasHealthy",
                     "; ".join(found.values())[:900] or "no failed replica"))
     # announced once per failure: remembered here, and (across an operator restart) found in the condition
@@ -780,3 +785,19 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
         _post(body, [Event("Warning", "MetricsUnavailable", decision.reason)])
     if new_failures:
         _post(body, [Event("Warning", "ReplicaFailed", "; ".join(new_failures)[:1000])])
+    if failed_start is not None:
+        _replan_after_failed_start(body, status, fields["startupFailures"], failed_start)
+
+
+def _replan_after_failed_start(body: dict[str, Any], status: dict[str, Any], records: list[dict[str, Any]],
+                               failed: dict[str, Any]) -> None:
+    """A replica of the current plan failed to start for a reason a plan can address: plan again with
+    what it taught, unless this spec has been re-planned as often as it may be."""
+    count = len(for_spec(records, failed["specHash"]))
+    if count > MAX_STARTUP_REPLANS:
+        _post(body, [Event("Warning", "StartupReplansExhausted", f"{count} plans failed to start for this spec; "
+                           f"the last: {failed['message']}. The plan is kept; change the spec (maxModelLen, "
+                           "placement) or the GPU catalog")])
+        return
+    if STATE.nodes is not None:
+        _reconcile({**body, "status": {**status, "startupFailures": records}}, STATE.nodes)

@@ -15,6 +15,7 @@ from ..estimator.quantization import Quantization
 from .discovery import allowed_options
 from .image_version import sizing_release
 from .resource import Alternative, LLMDeploymentSpec, PlanStatus
+from .startup_replan import FAILED_START
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,9 @@ class PlanOutcome:
         return self.plan is not None
 
 
-def decide_plan(spec: LLMDeploymentSpec, available: dict[str, GPUOption], catalog: GPUCatalog) -> PlanOutcome:
+def decide_plan(spec: LLMDeploymentSpec, available: dict[str, GPUOption], catalog: GPUCatalog,
+                reserved: dict[str, int] | None = None, excluded: dict[str, str] | None = None) -> PlanOutcome:
+    """``reserved``, ``excluded``: what failed starts taught (startup_replan.lessons)."""
     try:
         model = resolve_model(spec.model.name, spec.model.architecture)
     except EstimatorError as exc:
@@ -58,7 +61,8 @@ def decide_plan(spec: LLMDeploymentSpec, available: dict[str, GPUOption], catalo
             gpu_memory_utilization=spec.serving.gpu_memory_utilization,
             max_num_batched_tokens=spec.serving.max_num_batched_tokens, max_num_seqs=spec.serving.max_num_seqs,
             block_size=spec.serving.block_size, enable_prefix_caching=spec.serving.enable_prefix_caching,
-            prefer=spec.placement.prefer, vllm_release=sizing_release(spec.vllm.image))
+            prefer=spec.placement.prefer, vllm_release=sizing_release(spec.vllm.image),
+            reserved_bytes=reserved or {}, excluded=excluded or {})
         result = plan(model, req)
     except (EstimatorError, ValueError) as exc:
         return PlanOutcome(None, None, "InvalidSpec", str(exc))
@@ -71,7 +75,8 @@ def decide_plan(spec: LLMDeploymentSpec, available: dict[str, GPUOption], catalo
                        f"{spec.serving.max_model_len:,} tokens per replica")
 
 
-def keep_plan(spec: LLMDeploymentSpec, current: dict[str, Any], catalog: GPUCatalog) -> PlanOutcome:
+def keep_plan(spec: LLMDeploymentSpec, current: dict[str, Any], catalog: GPUCatalog,
+              reserved: dict[str, int] | None = None) -> PlanOutcome:
     """The plan recorded in status, made again for the same spec: its GPU type, TP degree and
     quantization, with no regard to which nodes are Ready now (pure).
 
@@ -88,7 +93,7 @@ def keep_plan(spec: LLMDeploymentSpec, current: dict[str, Any], catalog: GPUCata
     placement = spec.placement.model_copy(update={
         "gpu_types": [gpu.name], "tensor_parallel_size": tp, "quantization": [quant]})
     return decide_plan(spec.model_copy(update={"placement": placement}),
-                       {gpu.name: GPUOption(gpu=gpu, gpus_per_node=max(tp, 1), nodes=None)}, catalog)
+                       {gpu.name: GPUOption(gpu=gpu, gpus_per_node=max(tp, 1), nodes=None)}, catalog, reserved)
 
 
 def plan_status(p: Plan, catalog: GPUCatalog) -> PlanStatus:
@@ -110,7 +115,10 @@ def alternatives(result: PlanResult, n: int = 5) -> list[Alternative]:
 def rejected(result: PlanResult | None, n: int = 10) -> list[str]:
     if result is None:
         return []
-    return [f"{r.tensor_parallel_size}x {r.gpu} {r.quantization}: {r.reason}" for r in result.rejections[-n:]]
+    failed = [r for r in result.rejections if r.reason.startswith(FAILED_START)][:n]  # the news: always shown
+    rest = [r for r in result.rejections if not r.reason.startswith(FAILED_START)][-(n - len(failed)):] \
+        if n > len(failed) else []
+    return [f"{r.tensor_parallel_size}x {r.gpu} {r.quantization}: {r.reason}" for r in failed + rest]
 
 
 def plan_hash(p: Plan) -> str:

@@ -20,6 +20,7 @@ from .model_source import model_source, uri_error
 from .planning import alternatives, decide_plan, keep_plan, plan_hash, plan_status, rejected
 from .render import desired_replicas, render, selector_string, vllm_image
 from .resource import LLMDeploymentSpec
+from .startup_replan import MAX_STARTUP_REPLANS, for_spec, lessons
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,18 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
 
     current: dict[str, Any] = status.get("plan") or {}
     key = spec_hash(raw_spec)
-    outcome = keep_plan(spec, current, catalog) if current and status.get("specHash") == key else None
+    failures = for_spec(status.get("startupFailures"), key)
+    reserved, excluded = lessons(failures)
+    failed = bool(current) and any(r.get("planHash") == status.get("planHash") for r in failures)
+    replan_failed = failed and len(failures) <= MAX_STARTUP_REPLANS
+    keep = current and status.get("specHash") == key and not replan_failed
+    outcome = keep_plan(spec, current, catalog, reserved) if keep else None
+    was_planned = (c.get_condition(conds, c.PLANNED) or {}).get("status") == "True"
+    if replan_failed and was_planned:  # once: a re-plan that found nothing leaves Planned False, and says why
+        last = failures[-1]
+        out.events.append(Event("Warning", "Replanning", f"{last['gpu']} x{last['tensorParallelSize']} "
+                                f"({last['quantization']}) failed to start: {last['message']}; planning again "
+                                f"({len(failures)} of {MAX_STARTUP_REPLANS})"))
     since = status.get("planUnavailableSince")
     gone = outcome is not None and outcome.ok and current.get("gpu") not in available
     if gone and since and _elapsed_s(since, now) >= REPLAN_GRACE_S:
@@ -121,7 +133,7 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
                                 f"{_elapsed_s(since, now):.0f} s (grace {REPLAN_GRACE_S:.0f} s): planning again"))
         outcome = None
     if outcome is None or not outcome.ok:
-        outcome = decide_plan(spec, available, catalog)
+        outcome = decide_plan(spec, available, catalog, reserved, excluded)
     if not outcome.ok:
         new = c.set_condition(conds, c.PLANNED, False, outcome.reason, outcome.message, generation, now)
         # the running fleet stays as it is: a spec it cannot meet now must not take down what serves

@@ -33,6 +33,8 @@ CACHE_HEADROOM = 1.25  # a created model cache: the checkpoint plus room for a r
 
 #: the container that runs vLLM in every replica pod
 VLLM_CONTAINER = "vllm"
+#: on each replica pod: the plan it was rendered from
+PLAN_HASH_ANNOTATION = "kvscale.io/plan-hash"
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -154,7 +156,7 @@ def render(name: str, namespace: str, uid: str, spec: LLMDeploymentSpec, plan: P
             "progressDeadlineSeconds": budget.progress_deadline_s,
             "template": {
                 "metadata": {"labels": labels, "annotations": {
-                    "kvscale.io/plan-hash": plan_hash, "prometheus.io/scrape": "true",
+                    PLAN_HASH_ANNOTATION: plan_hash, "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}},
                 "spec": pod_spec,
             },

@@ -341,6 +341,22 @@ class EstimatorCheck(_Model):
     error_percent: float = Field(alias="errorPercent")
 
 
+# a replica of a plan that failed to start, and what it taught the planner (a comment: docstrings become
+# the CRD's descriptions)
+class StartupFailureRecord(_Model):
+    time: str
+    spec_hash: str = Field(alias="specHash", description="The spec it failed under; a spec change forgets it.")
+    plan_hash: str = Field(alias="planHash")
+    gpu: str
+    tensor_parallel_size: int = Field(alias="tensorParallelSize")
+    quantization: str
+    cause: str = Field(description="KVCacheTooSmall, NoKVCacheMemory, GPUOutOfMemory or UnsupportedOnGPU.")
+    message: str = Field(max_length=400, description="vLLM's own words, with its numbers.")
+    missing_gib: float | None = Field(default=None, alias="missingGiB", description=(
+        "Per GPU, memory the estimate counted as KV cache that vLLM did not have: reserved on this GPU type "
+        "when planning again."))
+
+
 class LLMDeploymentStatus(_Model):
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
     conditions: list[Condition] = Field(default_factory=list)
@@ -366,3 +382,6 @@ class LLMDeploymentStatus(_Model):
     last_decision: DecisionRecord | None = Field(default=None, alias="lastDecision")
     history: list[DecisionRecord] = Field(default_factory=list, max_length=20)
     estimator_check: EstimatorCheck | None = Field(default=None, alias="estimatorCheck")
+    startup_failures: list[StartupFailureRecord] = Field(default_factory=list, alias="startupFailures",
+                                                         max_length=10, description=(
+        "Plans whose replicas failed to start, newest last: each re-plan avoids them (at most 3 per spec)."))
