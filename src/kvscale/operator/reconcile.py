@@ -119,7 +119,9 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     failed = bool(current) and any(r.get("planHash") == status.get("planHash") for r in failures)
     replan_failed = failed and len(failures) <= MAX_STARTUP_REPLANS
     keep = current and status.get("specHash") == key and not replan_failed
-    outcome = keep_plan(spec, current, catalog, reserved) if keep else None
+    # a plan that runs is made again as it was planned, reserve included; one whose starts failed past the
+    # last re-plan is kept as it is (the reserve would rule it out, and the next plan would roll the fleet)
+    outcome = keep_plan(spec, current, catalog, None if failed else reserved) if keep else None
     was_planned = (c.get_condition(conds, c.PLANNED) or {}).get("status") == "True"
     if replan_failed and was_planned:  # once: a re-plan that found nothing leaves Planned False, and says why
         last = failures[-1]
