@@ -27,6 +27,9 @@ def add_operator_commands(sub: Any) -> None:
                           "operator's own namespace)")
     run.add_argument("--read-pod-logs", action="store_true", default=None,
                      help="read a failed vLLM container's previous log to say why it did not start (RBAC pods/log)")
+    run.add_argument("--calibration-configmap", metavar="NAME",
+                     help="share the KV blocks live replicas allocated through this ConfigMap (in the operator's "
+                          "namespace), so every LLMDeployment of the same model and layout plans with them")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(func=cmd_operator_run)
 
@@ -51,7 +54,8 @@ def cmd_operator_run(args: argparse.Namespace, console: Console) -> int:
     updates: dict[str, Any] = {}
     if args.namespace:
         updates["namespaces"] = tuple(args.namespace)
-    for field in ("metrics_port", "health_port", "gpu_catalog", "leader_election", "read_pod_logs"):
+    for field in ("metrics_port", "health_port", "gpu_catalog", "leader_election", "read_pod_logs",
+                  "calibration_configmap"):
         if getattr(args, field) is not None:
             updates[field] = getattr(args, field)
     if args.log_format:

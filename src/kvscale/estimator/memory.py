@@ -48,8 +48,9 @@ class ServingConfig(BaseModel):
     enable_prefix_caching: bool = True  # vLLM's default; hybrid models then pin extra state blocks
     ssm_cache_dtype: str = "auto"  # Mamba/linear-attention state dtype ("float32" on vLLM's CPU backend)
     vllm_release: str = VLLM_RELEASE  # whose start-up overheads apply (vllm_profiles)
-    # per GPU, memory something the model does not account for takes: measured where a start failed
-    reserved_bytes: int = Field(default=0, ge=0)
+    # per GPU, memory the model does not account for, measured (a failed start, a live replica's KV blocks):
+    # positive where the estimate was optimistic, negative where vLLM found more KV memory than predicted
+    unaccounted_bytes: int = 0
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:
@@ -74,6 +75,7 @@ class MemoryEstimate(BaseModel):
     kv_cache_bytes: int  # "Available KV cache memory" (negative: does not fit)
     num_blocks: int
     block_size: int
+    block_bytes: int  # one block of every KV cache group on this GPU: KV memory per block
     kv_cache_tokens: int
     max_concurrency: float
     max_model_len: int
@@ -207,7 +209,7 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig, params: ParamBre
     if cfg.kv_cache_memory_bytes is not None:
         kv_bytes = cfg.kv_cache_memory_bytes
     else:
-        kv_bytes = requested - weights - activation - non_torch - graphs - cfg.reserved_bytes
+        kv_bytes = requested - weights - activation - non_torch - graphs - cfg.unaccounted_bytes
 
     # the busiest stage decides: vLLM takes the minimum block count over workers
     async_scheduling = profile.async_scheduling if cfg.async_scheduling is None else cfg.async_scheduling
@@ -228,10 +230,10 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig, params: ParamBre
     per_req_bytes = layout.bytes_per_block * layout.blocks_per_request
     fits = cap.num_blocks >= layout.blocks_per_request and kv_bytes > 0
     if kv_bytes <= 0:
-        overheads = activation + non_torch + graphs + cfg.reserved_bytes
+        overheads = activation + non_torch + graphs + cfg.unaccounted_bytes
         need = weights + overheads + per_req_bytes
-        measured = f" (of which {cfg.reserved_bytes / GIB:.2f} GiB measured at a failed start)" \
-            if cfg.reserved_bytes else ""
+        measured = f" (of which {cfg.unaccounted_bytes / GIB:.2f} GiB measured, not modelled)" \
+            if cfg.unaccounted_bytes else ""
         reason = (f"weights {weights / GIB:.2f} GiB + overheads {overheads / GIB:.2f} GiB{measured} "
                   f"per GPU exceed {cfg.gpu_memory_utilization:g} x {gpu.memory_gib:g} GiB = "
                   f"{requested / GIB:.2f} GiB; needs at least {need / GIB:.2f} GiB for one {max_len}-token request")
@@ -244,6 +246,7 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig, params: ParamBre
         gpu_memory_bytes=gpu.memory_bytes, requested_bytes=requested, weights_bytes=weights,
         activation_bytes=activation, non_torch_bytes=non_torch, cuda_graph_bytes=graphs,
         kv_cache_bytes=kv_bytes, num_blocks=cap.num_blocks, block_size=layout.block_size,
+        block_bytes=layout.bytes_per_block,
         kv_cache_tokens=cap.tokens, max_concurrency=cap.max_concurrency, max_model_len=max_len,
         kv_bytes_per_token=per_req_bytes / max_len, kv_groups=layout.num_groups,
         max_num_batched_tokens=tokens, max_num_seqs=seqs,

@@ -49,7 +49,7 @@ class LoadTarget(BaseModel):
 
 
 def layout_key(gpu: str, tp: int, quantization: Quantization) -> str:
-    """How a layout is named where a failed start excludes it (PlanRequest.excluded)."""
+    """How a layout is named where measurements refer to it (PlanRequest.excluded, .measured_bytes)."""
     return f"{gpu}/{tp}/{quantization.value}"
 
 
@@ -72,9 +72,12 @@ class PlanRequest(BaseModel):
     prefer: Preference = Preference.COST
     vllm_release: str = VLLM_RELEASE  # the release of the image that will run the plan
     # what failed starts taught: per GPU type, memory per GPU the estimate did not account for, and
-    # layouts ("GPU/TP/quantization") that must not be tried again, with why
+    # layouts ("GPU/TP/quantization", layout_key) that must not be tried again, with why
     reserved_bytes: dict[str, int] = Field(default_factory=dict)
     excluded: dict[str, str] = Field(default_factory=dict)
+    # what live replicas measured, per layout: memory per GPU the estimate did not account for (signed); it
+    # replaces the reserve on that layout, so the plan's KV cache is the one vLLM allocated there
+    measured_bytes: dict[str, int] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _target(self) -> PlanRequest:
@@ -99,6 +102,7 @@ class Plan(BaseModel):
     decode_tokens_per_s: float  # per replica, at its planned batch
     inter_token_latency_ms: float
     memory: MemoryEstimate
+    measured: bool = False  # its KV cache is the one a live replica of this layout allocated (calibrated)
 
     @property
     def total_gpus(self) -> int:
@@ -149,6 +153,16 @@ def _throughput(spec: ModelSpec, params: ParamBreakdown, est: MemoryEstimate, gp
     return batch, batch / step, step
 
 
+def serving_config(req: PlanRequest, tp: int, q: Quantization, unaccounted_bytes: int = 0) -> ServingConfig:
+    """How vLLM is configured for one layout of ``req``: the estimate the plan is made of."""
+    return ServingConfig(
+        tensor_parallel_size=tp, quantization=q, kv_cache_dtype=req.kv_cache_dtype,
+        max_model_len=req.max_model_len, gpu_memory_utilization=req.gpu_memory_utilization,
+        max_num_batched_tokens=req.max_num_batched_tokens, max_num_seqs=req.max_num_seqs,
+        block_size=req.block_size, enable_prefix_caching=req.enable_prefix_caching,
+        vllm_release=req.vllm_release, unaccounted_bytes=unaccounted_bytes)
+
+
 def _resolved(spec: ModelSpec, q: Quantization) -> Quantization:
     return checkpoint_format(spec) if q is Quantization.AUTO else q
 
@@ -173,7 +187,8 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
                     rejections.append(Rejection(gpu=name, tensor_parallel_size=tp,
                                                 quantization=quant.value, reason=reason))
 
-                failed = req.excluded.get(layout_key(gpu.name, tp, quant))
+                layout = layout_key(gpu.name, tp, quant)
+                failed = req.excluded.get(layout)
                 if failed:
                     reject(failed)
                     continue
@@ -190,21 +205,16 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
                 if quant is Quantization.FP8 and not gpu.fp8 and checkpoint_format(spec) is not Quantization.FP8:
                     reject(f"{gpu.name} has no fp8 support (vLLM would fall back to weight-only Marlin)")
                     continue
-                cfg = ServingConfig(
-                    tensor_parallel_size=tp, quantization=q, kv_cache_dtype=req.kv_cache_dtype,
-                    max_model_len=req.max_model_len, gpu_memory_utilization=req.gpu_memory_utilization,
-                    max_num_batched_tokens=req.max_num_batched_tokens, max_num_seqs=req.max_num_seqs,
-                    block_size=req.block_size, enable_prefix_caching=req.enable_prefix_caching,
-                    vllm_release=req.vllm_release, reserved_bytes=req.reserved_bytes.get(gpu.name, 0))
+                unaccounted = req.measured_bytes.get(layout, req.reserved_bytes.get(gpu.name, 0))
                 try:
-                    est = estimate(spec, gpu, cfg, params)
+                    est = estimate(spec, gpu, serving_config(req, tp, q, unaccounted), params)
                 except EstimatorError as exc:
                     reject(str(exc))
                     continue
                 if not est.fits:
                     reject(_memory_reason(est, tp, gpu, req))
                     continue
-                priced = _price(spec, params, est, gpu, tp, quant, req)
+                priced = _price(spec, params, est, gpu, tp, quant, req, measured=layout in req.measured_bytes)
                 if opt.nodes is not None and priced.total_gpus > opt.nodes * opt.gpus_per_node:
                     reject(f"needs {priced.replicas} replicas x {tp} GPUs = {priced.total_gpus}; the cluster has "
                            f"{opt.nodes * opt.gpus_per_node} {gpu.name}")
@@ -222,7 +232,7 @@ def _memory_reason(est: MemoryEstimate, tp: int, gpu: GPUType, req: PlanRequest)
 
 
 def _price(spec: ModelSpec, params: ParamBreakdown, est: MemoryEstimate, gpu: GPUType, tp: int, quant: Quantization,
-           req: PlanRequest) -> Plan:
+           req: PlanRequest, measured: bool = False) -> Plan:
     if req.load is not None:
         seq = req.load.mean_input_tokens + req.load.mean_output_tokens
         ctx = req.load.mean_input_tokens + req.load.mean_output_tokens / 2
@@ -240,7 +250,7 @@ def _price(spec: ModelSpec, params: ParamBreakdown, est: MemoryEstimate, gpu: GP
                 replicas=replicas, gpus_per_replica=tp,
                 cost_per_hour=round(replicas * tp * gpu.price_per_hour, 6),
                 concurrency_per_replica=conc, decode_tokens_per_s=tps, inter_token_latency_ms=step * 1000,
-                memory=est)
+                memory=est, measured=measured)
 
 
 def _rank_key(p: Plan, prefer: Preference) -> tuple[float | int | str, ...]:

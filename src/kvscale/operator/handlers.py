@@ -18,8 +18,9 @@ import urllib3
 from kubernetes import client, config
 
 from ..autoscaler.policy import PolicyState, activate, decide
-from ..autoscaler.snapshot import Snapshot
+from ..autoscaler.snapshot import ReplicaMetrics, Snapshot
 from ..autoscaler.sources import MetricsSource, PodScrapeSource, PrometheusSource
+from ..estimator.errors import EstimatorError
 from ..estimator.gpus import GPUCatalog, load_catalog, load_prices
 from . import conditions as c
 from . import metrics
@@ -46,6 +47,8 @@ from .autoscale import (
     policy_spec,
     with_history,
 )
+from .calibration import describe, measure, observation, updated
+from .calibration_store import SharedCalibration
 from .discovery import free_gpus, gpu_options
 from .health import Liveness
 from .latest_work import LatestWork
@@ -103,6 +106,7 @@ class _State:
     # per LLMDeployment, pod -> (restart count, why that start failed): its log is read once per restart
     startup_causes: dict[tuple[str, str], dict[str, tuple[int, StartupFailure | None]]] = {}  # noqa: RUF012
     reported_failures: dict[tuple[str, str], set[str]] = {}  # noqa: RUF012  # failure keys already announced
+    shared: SharedCalibration | None = None  # the cluster's calibration ConfigMap, where one is configured
 
 
 STATE = _State()
@@ -151,6 +155,8 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.standalone = True  # one active replica is elected before Kopf starts (leadership.py)
     api_client()
     _catalog()
+    name = STATE.settings.calibration_configmap
+    STATE.shared = SharedCalibration(STATE.settings.lease_namespace, name) if name else None
 
 
 # The indexes are async: they run on Kopf's event loop at once. Sync, each event waited for a free
@@ -348,7 +354,9 @@ def _reconcile_now(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, 
     def decide(free: dict[str, list[int]] | None) -> Reconciliation:
         return reconcile(name, ns, meta["uid"], generation, dict(body.get("spec", {})), status,
                          gpu_options(nodes, _catalog()), _catalog(), _now(),
-                         children=_live_children(api, ns, status), free_gpus=free)
+                         children=_live_children(api, ns, status), free_gpus=free, shared=shared)
+
+    shared = STATE.shared.records(api) if STATE.shared is not None else None
 
     rec = decide(None)
     if rec.apply:  # the rollout strategy depends on free GPUs: list pods only when rendering
@@ -740,6 +748,9 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     if check:
         fields["estimatorCheck"] = check
         metrics.ESTIMATOR_ERROR.labels(ns, name).set(check["errorPercent"] / 100)
+    learned = _calibration(api, spec, status, readings.metrics, pod_dicts, now)
+    if learned is not None:
+        fields["calibration"] = learned
     ok = not missing and (bool(readings.metrics) or not targets) and not activation_error
     errors = (*errors, activation_error) if activation_error else errors
     updates = [(c.METRICS_AVAILABLE, ok, "MetricsRead" if ok else "MetricsMissing",
@@ -787,6 +798,33 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
         _post(body, [Event("Warning", "ReplicaFailed", "; ".join(new_failures)[:1000])])
     if failed_start is not None:
         _replan_after_failed_start(body, status, fields["startupFailures"], failed_start)
+    elif learned is not None and STATE.nodes is not None:  # the plan is made again with what was measured
+        _reconcile({**body, "status": {**status, "calibration": learned}}, STATE.nodes)
+
+
+def _calibration(api: client.ApiClient, spec: LLMDeploymentSpec, status: dict[str, Any],
+                 replica_metrics: dict[str, ReplicaMetrics], pods: list[dict[str, Any]], now: str
+                 ) -> list[dict[str, Any]] | None:
+    """status.calibration with what a replica of the current plan reports, when that is news (and the
+    shared ConfigMap updated with it); None when there is nothing new."""
+    seen = observation(replica_metrics, pods, status.get("planHash"))
+    if seen is None:
+        return None
+    try:
+        record = measure(spec, status["plan"], _catalog(), *seen, now)
+    except (EstimatorError, ValueError, KeyError) as exc:  # the plan's layout no longer estimates: nothing to learn
+        log.warning("no calibration from %s: %s", seen[0], exc)
+        return None
+    learned = updated(list(status.get("calibration") or []), record)
+    if learned is not None and STATE.shared is not None:
+        try:
+            STATE.shared.add(api, record)
+        except client.ApiException as exc:  # the object's own status still keeps it
+            metrics.ERRORS.labels("calibration").inc()
+            log.warning("could not share the calibration of %s: %s", seen[0], exc.reason)
+    if learned is not None:
+        log.info("calibration: %s", describe(record))
+    return learned
 
 
 def _replan_after_failed_start(body: dict[str, Any], status: dict[str, Any], records: list[dict[str, Any]],

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..estimator.catalog import resolve_model
 from ..estimator.errors import EstimatorError, InvalidConfig
 from ..estimator.gpus import GIB, GPUCatalog
-from ..estimator.planner import GPUOption, Plan, PlanRequest, PlanResult, plan
+from ..estimator.memory import MemoryEstimate, estimate
+from ..estimator.planner import GPUOption, Plan, PlanRequest, PlanResult, plan, serving_config
 from ..estimator.quantization import Quantization
 from .discovery import allowed_options
 from .image_version import sizing_release
@@ -33,8 +35,10 @@ class PlanOutcome:
 
 
 def decide_plan(spec: LLMDeploymentSpec, available: dict[str, GPUOption], catalog: GPUCatalog,
-                reserved: dict[str, int] | None = None, excluded: dict[str, str] | None = None) -> PlanOutcome:
-    """``reserved``, ``excluded``: what failed starts taught (startup_replan.lessons)."""
+                reserved: dict[str, int] | None = None, excluded: dict[str, str] | None = None,
+                measured: dict[str, int] | None = None) -> PlanOutcome:
+    """``reserved``, ``excluded``: what failed starts taught (startup_replan.lessons); ``measured``: what
+    live replicas did (calibration.measured_bytes)."""
     try:
         model = resolve_model(spec.model.name, spec.model.architecture)
     except EstimatorError as exc:
@@ -52,17 +56,8 @@ def decide_plan(spec: LLMDeploymentSpec, available: dict[str, GPUOption], catalo
         return PlanOutcome(None, None, "NoMatchingGPUs",
                            f"no Ready node offers an allowed GPU type (allowed: {wanted}; cluster has: {have})")
     try:
-        req = PlanRequest(
-            max_model_len=spec.serving.max_model_len, concurrency=spec.serving.target_concurrency,
-            options=tuple(options), quantizations=tuple(spec.placement.quantization),
-            max_gpus_per_replica=spec.placement.max_gpus_per_replica,
-            tensor_parallel_size=spec.placement.tensor_parallel_size,
-            kv_cache_dtype=spec.serving.kv_cache_dtype.value,
-            gpu_memory_utilization=spec.serving.gpu_memory_utilization,
-            max_num_batched_tokens=spec.serving.max_num_batched_tokens, max_num_seqs=spec.serving.max_num_seqs,
-            block_size=spec.serving.block_size, enable_prefix_caching=spec.serving.enable_prefix_caching,
-            prefer=spec.placement.prefer, vllm_release=sizing_release(spec.vllm.image),
-            reserved_bytes=reserved or {}, excluded=excluded or {})
+        req = plan_request(spec, tuple(options)).model_copy(update={
+            "reserved_bytes": reserved or {}, "excluded": excluded or {}, "measured_bytes": measured or {}})
         result = plan(model, req)
     except (EstimatorError, ValueError) as exc:
         return PlanOutcome(None, None, "InvalidSpec", str(exc))
@@ -75,8 +70,22 @@ def decide_plan(spec: LLMDeploymentSpec, available: dict[str, GPUOption], catalo
                        f"{spec.serving.max_model_len:,} tokens per replica")
 
 
+def plan_request(spec: LLMDeploymentSpec, options: tuple[GPUOption, ...]) -> PlanRequest:
+    """What the planner is asked for a spec (raises ValueError on a combination the request refuses)."""
+    return PlanRequest(
+        max_model_len=spec.serving.max_model_len, concurrency=spec.serving.target_concurrency,
+        options=options, quantizations=tuple(spec.placement.quantization),
+        max_gpus_per_replica=spec.placement.max_gpus_per_replica,
+        tensor_parallel_size=spec.placement.tensor_parallel_size,
+        kv_cache_dtype=spec.serving.kv_cache_dtype.value,
+        gpu_memory_utilization=spec.serving.gpu_memory_utilization,
+        max_num_batched_tokens=spec.serving.max_num_batched_tokens, max_num_seqs=spec.serving.max_num_seqs,
+        block_size=spec.serving.block_size, enable_prefix_caching=spec.serving.enable_prefix_caching,
+        prefer=spec.placement.prefer, vllm_release=sizing_release(spec.vllm.image))
+
+
 def keep_plan(spec: LLMDeploymentSpec, current: dict[str, Any], catalog: GPUCatalog,
-              reserved: dict[str, int] | None = None) -> PlanOutcome:
+              reserved: dict[str, int] | None = None, measured: dict[str, int] | None = None) -> PlanOutcome:
     """The plan recorded in status, made again for the same spec: its GPU type, TP degree and
     quantization, with no regard to which nodes are Ready now (pure).
 
@@ -93,7 +102,18 @@ def keep_plan(spec: LLMDeploymentSpec, current: dict[str, Any], catalog: GPUCata
     placement = spec.placement.model_copy(update={
         "gpu_types": [gpu.name], "tensor_parallel_size": tp, "quantization": [quant]})
     return decide_plan(spec.model_copy(update={"placement": placement}),
-                       {gpu.name: GPUOption(gpu=gpu, gpus_per_node=max(tp, 1), nodes=None)}, catalog, reserved)
+                       {gpu.name: GPUOption(gpu=gpu, gpus_per_node=max(tp, 1), nodes=None)}, catalog, reserved,
+                       measured=measured)
+
+
+def layout_memory(spec: LLMDeploymentSpec, current: Mapping[str, Any], catalog: GPUCatalog) -> MemoryEstimate:
+    """The estimate of ``current``'s layout for this spec, nothing measured subtracted: what a live
+    replica's blocks are compared with (raises EstimatorError, ValueError or KeyError)."""
+    model = resolve_model(spec.model.name, spec.model.architecture)
+    gpu = catalog.get(str(current["gpu"]))
+    tp, quant = int(current["tensorParallelSize"]), Quantization(str(current["quantization"]))
+    req = plan_request(spec, (GPUOption(gpu=gpu, gpus_per_node=max(tp, 1), nodes=None),))
+    return estimate(model, gpu, serving_config(req, tp, quant))
 
 
 def plan_status(p: Plan, catalog: GPUCatalog) -> PlanStatus:
@@ -103,7 +123,8 @@ def plan_status(p: Plan, catalog: GPUCatalog) -> PlanStatus:
         tensor_parallel_size=p.tensor_parallel_size, quantization=p.quantization.value,
         replicas_for_target=p.replicas, weights_gib=round(p.memory.weights_bytes / GIB, 2),
         kv_cache_gib=round(p.memory.kv_cache_bytes / GIB, 2), kv_cache_tokens=p.memory.kv_cache_tokens,
-        kv_cache_blocks=p.memory.num_blocks, max_concurrency=round(p.memory.max_concurrency, 2),
+        kv_cache_blocks=p.memory.num_blocks, kv_cache_measured=p.measured,
+        max_concurrency=round(p.memory.max_concurrency, 2),
         cost_per_hour=round(p.cost_per_hour / max(1, p.replicas), 4),
         decode_tokens_per_second=round(p.decode_tokens_per_s, 1))
 

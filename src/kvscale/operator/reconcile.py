@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from ..estimator.gpus import GPUCatalog
 from ..estimator.planner import GPUOption
 from . import conditions as c
+from .calibration import measured_bytes
 from .engine_args import conflicting_args
 from .image_version import release_check
 from .model_source import model_source, uri_error
@@ -87,7 +88,7 @@ def _elapsed_s(since: str, now: str) -> float:
 def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: dict[str, Any],
               status: dict[str, Any], available: dict[str, GPUOption], catalog: GPUCatalog, now: str,
               children: dict[str, str] | None = None, free_gpus: dict[str, list[int]] | None = None,
-              ) -> Reconciliation:
+              shared: list[dict[str, Any]] | None = None) -> Reconciliation:
     """Decide what this LLMDeployment needs. Writes nothing when nothing changed.
 
     The plan is made once per spec: a scale, a node going away or a restart keeps it (the same GPU
@@ -96,6 +97,9 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     ``children``: what exists now of what kvscale applied (``Kind/name`` -> generation or resourceVersion);
     anything that differs from ``status.children`` was deleted or edited and is applied again.
     ``free_gpus``: unrequested GPUs per node by GPU type, to choose how a change rolls out.
+    ``shared``: calibration records of the cluster (the operator's ConfigMap); this object's own come first.
+    A measured layout is planned with what its replicas allocated, so a measurement updates the plan's
+    KV figures (and the replicas the target needs) without moving the fleet.
     """
     out = Reconciliation()
     conds = list(status.get("conditions") or [])
@@ -116,12 +120,13 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     key = spec_hash(raw_spec)
     failures = for_spec(status.get("startupFailures"), key)
     reserved, excluded = lessons(failures)
+    measured = measured_bytes([*(status.get("calibration") or []), *(shared or [])], spec)
     failed = bool(current) and any(r.get("planHash") == status.get("planHash") for r in failures)
     replan_failed = failed and len(failures) <= MAX_STARTUP_REPLANS
     keep = current and status.get("specHash") == key and not replan_failed
     # a plan that runs is made again as it was planned, reserve included; one whose starts failed past the
     # last re-plan is kept as it is (the reserve would rule it out, and the next plan would roll the fleet)
-    outcome = keep_plan(spec, current, catalog, None if failed else reserved) if keep else None
+    outcome = keep_plan(spec, current, catalog, None if failed else reserved, measured) if keep else None
     was_planned = (c.get_condition(conds, c.PLANNED) or {}).get("status") == "True"
     if replan_failed and was_planned:  # once: a re-plan that found nothing leaves Planned False, and says why
         last = failures[-1]
@@ -135,7 +140,7 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
                                 f"{_elapsed_s(since, now):.0f} s (grace {REPLAN_GRACE_S:.0f} s): planning again"))
         outcome = None
     if outcome is None or not outcome.ok:
-        outcome = decide_plan(spec, available, catalog, reserved, excluded)
+        outcome = decide_plan(spec, available, catalog, reserved, excluded, measured)
     if not outcome.ok:
         new = c.set_condition(conds, c.PLANNED, False, outcome.reason, outcome.message, generation, now)
         # the running fleet stays as it is: a spec it cannot meet now must not take down what serves
@@ -164,7 +169,11 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
                                     f"kept, and re-made after {REPLAN_GRACE_S:.0f} s unless one returns"))
     recorded = dict(status.get("children") or {})
     drifted = not recorded or (children is not None and any(children.get(k) != v for k, v in recorded.items()))
-    unchanged = not out.plan_changed and status.get("observedGeneration") == generation and not drifted
+    recorded_plan = plan_status(p, catalog).model_dump(by_alias=True)
+    # a measurement arrived (a plan kept past its failed starts is left as recorded)
+    calibrated = not out.plan_changed and bool(current) and not failed and recorded_plan != current
+    unchanged = not out.plan_changed and status.get("observedGeneration") == generation and not drifted \
+        and not calibrated
     replicas = desired_replicas(spec, p)
     if unchanged:
         return out
@@ -176,14 +185,21 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
         out.conditions.append((c.PROGRESSING, True, "Rollout", f"rolling out {p.summary()}"))
     out.status |= {
         "observedGeneration": generation,
-        "plan": plan_status(p, catalog).model_dump(by_alias=True),
+        "plan": recorded_plan,
         "planHash": h, "specHash": key,
         "alternatives": [a.model_dump(by_alias=True) for a in alternatives(outcome.result)],
         "rejected": rejected(outcome.result), "selector": selector_string(name),
         "desiredReplicas": replicas,
     }
     if out.plan_changed:
-        out.events.append(Event("Normal", "Planned", outcome.message))
+        measured_note = " (KV cache as a live replica of this layout allocated it)" if p.measured else ""
+        out.events.append(Event("Normal", "Planned", outcome.message + measured_note))
+    elif calibrated and current.get("kvCacheBlocks") != p.memory.num_blocks:
+        out.events.append(Event("Normal", "Calibrated", f"{p.gpu} x{p.tensor_parallel_size}: KV cache "
+                                f"{p.memory.num_blocks:,} blocks ({p.memory.kv_cache_tokens:,} tokens) as "
+                                f"{'measured on a live replica' if p.measured else 'estimated'}, was "
+                                f"{int(current.get('kvCacheBlocks') or 0):,}; {p.replicas} replica(s) for the "
+                                "target"))
     elif drifted and recorded and children is not None:
         lost = sorted(k for k, v in recorded.items() if children.get(k) != v)
         out.events.append(Event("Warning", "ChildRestored", f"{', '.join(lost)} deleted or changed by another "

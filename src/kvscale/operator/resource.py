@@ -315,6 +315,9 @@ class PlanStatus(_Model):
     kv_cache_gib: float = Field(alias="kvCacheGiB", description="KV cache memory per GPU.")
     kv_cache_tokens: int = Field(alias="kvCacheTokens", description="KV cache capacity per replica, in tokens.")
     kv_cache_blocks: int = Field(alias="kvCacheBlocks", description="Predicted vLLM num_gpu_blocks per replica.")
+    kv_cache_measured: bool = Field(default=False, alias="kvCacheMeasured", description=(
+        "True: the KV cache figures are what a live replica of this layout allocated (status.calibration, "
+        "or the operator's calibration ConfigMap), not the estimate."))
     max_concurrency: float = Field(alias="maxConcurrency", description="Sequences of maxModelLen per replica.")
     cost_per_hour: float = Field(alias="costPerHour", description="Per replica, from the GPU catalog prices.")
     decode_tokens_per_second: float = Field(alias="decodeTokensPerSecond")
@@ -357,6 +360,25 @@ class StartupFailureRecord(_Model):
         "when planning again."))
 
 
+# what a live replica of one layout allocated, against the estimate of that layout (a comment: docstrings
+# become the CRD's descriptions)
+class CalibrationRecord(_Model):
+    model: str
+    gpu: str
+    tensor_parallel_size: int = Field(alias="tensorParallelSize")
+    quantization: str
+    kv_cache_dtype: str = Field(alias="kvCacheDtype")
+    vllm_release: str = Field(alias="vllmRelease", description="Release line of the image that ran it.")
+    predicted_blocks: int = Field(alias="predictedBlocks", description="The estimate, nothing measured applied.")
+    measured_blocks: int = Field(alias="measuredBlocks", description="num_gpu_blocks the replica reported.")
+    block_size: int = Field(alias="blockSize", description="Tokens per block, as the replica reported.")
+    unaccounted_bytes: int = Field(alias="unaccountedBytes", description=(
+        "Per GPU, memory the estimate does not account for (negative: vLLM found more KV memory): "
+        "subtracted from the KV cache of every plan of this layout."))
+    pod: str
+    time: str
+
+
 class LLMDeploymentStatus(_Model):
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
     conditions: list[Condition] = Field(default_factory=list)
@@ -385,3 +407,6 @@ class LLMDeploymentStatus(_Model):
     startup_failures: list[StartupFailureRecord] = Field(default_factory=list, alias="startupFailures",
                                                          max_length=10, description=(
         "Plans whose replicas failed to start, newest last: each re-plan avoids them (at most 3 per spec)."))
+    calibration: list[CalibrationRecord] = Field(default_factory=list, max_length=8, description=(
+        "KV blocks live replicas allocated, per layout: plans of a measured layout use them in place of "
+        "the estimate."))

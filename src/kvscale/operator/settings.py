@@ -45,6 +45,9 @@ class OperatorSettings(BaseModel):
     # read a failed vLLM container's previous log (RBAC pods/log): vLLM names why it did not start there,
     # not in the termination message kubelet keeps
     read_pod_logs: bool = False
+    # a ConfigMap (in lease_namespace) where the KV blocks live replicas allocated are shared with every
+    # LLMDeployment of the same model and layout (None: each object learns from its own replicas only)
+    calibration_configmap: str | None = None
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -63,4 +66,5 @@ class OperatorSettings(BaseModel):
             prometheus_urls=tuple(u.strip() for u in env.get("KVSCALE_PROMETHEUS_URLS", "").split(",") if u.strip()),
             lease_namespace=env.get("KVSCALE_LEASE_NAMESPACE") or _own_namespace(),
             read_pod_logs=env.get("KVSCALE_READ_POD_LOGS", "").lower() in ("1", "true", "yes"),
+            calibration_configmap=env.get("KVSCALE_CALIBRATION_CONFIGMAP") or None,
         )
