@@ -26,7 +26,7 @@ from kvscale.testing.cluster import LocalCluster
 from kvscale.testing.images import VLLM_IMAGE
 from kvscale.testing.load import LoadGenerator, run_load
 from kvscale.testing.operator_process import OperatorProcess
-from kvscale.testing.tiny_deployment import CPU_REQUEST, SERVED_NAME, tiny_llmdeployment
+from kvscale.testing.tiny_deployment import CPU_REQUEST, KV_TOKENS, SERVED_NAME, tiny_llmdeployment
 from kvscale.testing.waiting import wait_for
 
 pytestmark = [pytest.mark.realnode, pytest.mark.vllm, pytest.mark.cluster, pytest.mark.slow]
@@ -75,6 +75,14 @@ def test_rendered_pods_scale_on_kv_pressure_through_the_service(real_cluster: Lo
     status = first.status.container_statuses[0]
     assert status.ready and status.image_id and status.container_id.startswith("containerd://")
     assert status.image in (VLLM_IMAGE, VLLM_IMAGE.removeprefix("docker.io/"))
+    # the plan sized an L4; this node's CPU vLLM allocated its own 1 GiB cache: its blocks replace the estimate
+    measured = wait_for(lambda: (o := obj(real_api, ns, "chat"))["status"]["plan"].get("kvCacheMeasured") and o,
+                        60, "the plan made again with the replica's KV blocks", every=2)
+    (record,) = measured["status"]["calibration"]
+    assert record["pod"] == first.metadata.name and record["predictedBlocks"] > 5 * record["measuredBlocks"]
+    assert record["measuredBlocks"] * record["blockSize"] == pytest.approx(KV_TOKENS, rel=0.02)
+    assert abs(measured["status"]["plan"]["kvCacheBlocks"] - record["measuredBlocks"]) <= 1
+    assert measured["status"]["estimatorCheck"]["observedBlocks"] == record["measuredBlocks"]
     svc = client.CoreV1Api(real_api).read_namespaced_service("chat", ns)
     service_url = f"http://{svc.spec.cluster_ip}:8000"
 

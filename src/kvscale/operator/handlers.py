@@ -55,7 +55,7 @@ from .latest_work import LatestWork
 from .leadership import LeaseElector
 from .prometheus_access import secret_error, url_error
 from .reconcile import Event, Reconciliation, child_key, deployment_progress, parse_spec, reconcile, spec_hash
-from .render import INSTANCE_LABEL, VLLM_CONTAINER, selector_string
+from .render import INSTANCE_LABEL, PLAN_HASH_ANNOTATION, VLLM_CONTAINER, selector_string
 from .resource import GROUP, KIND, PLURAL, VERSION, LLMDeploymentSpec, MetricsSourceType
 from .settings import OperatorSettings
 from .startup_failures import StartupFailure, classify_container
@@ -452,6 +452,7 @@ def _periodic(body: dict[str, Any], replan: bool) -> None:
         if replan:
             reconcile_if_due(body)
         autoscale(body, key)
+        watch_replicas(body, key)
     except kopf.TemporaryError as exc:  # an apply the API server refused for now: the next pass retries
         metrics.PERIODIC_FAILURES.labels("api").inc()
         log.warning("periodic work on %s/%s: %s", *key, exc)
@@ -753,24 +754,12 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
         fields["calibration"] = learned
     ok = not missing and (bool(readings.metrics) or not targets) and not activation_error
     errors = (*errors, activation_error) if activation_error else errors
-    updates = [(c.METRICS_AVAILABLE, ok, "MetricsRead" if ok else "MetricsMissing",
-                "; ".join(errors)[:900] or f"read {len(readings.metrics)} replica(s), {pending} starting")]
+    read = "; ".join(errors)[:900] or f"read {len(readings.metrics)} replica(s), {pending} starting"
+    updates: list[tuple[str, bool | str, str, str]] = [
+        (c.METRICS_AVAILABLE, ok, "MetricsRead" if ok else "MetricsMissing", read)]
     updates.append((c.SCALING_LIMITED, bool(decision.limited), "Limited" if decision.limited else "NotLimited",
                     decision.limited or "within bounds"))
-    causes = _startup_causes(api, ns, key, pod_dicts) if STATE.settings.read_pod_logs else None
-    found = pod_failures(pod_dicts, causes)
-    failed_start = new_failure(pod_dicts, causes or {}, status, spec_hash(raw), now) if causes else None
-    if failed_start is not None:
-        kept = list(status.get("startupFailures") or [])[-(MAX_RECORDS - 1):]
-        fields["startupFailures"] = [*kept, failed_start]
-    updates.append((c.DEGRADED, bool(found), "ReplicaFailed" if found else "ReplicasHealthy",
-                    "; ".join(found.values())[:900] or "no failed replica"))
-    # announced once per failure: remembered here, and (across an operator restart) found in the condition
-    before = (c.get_condition(status.get("conditions"), c.DEGRADED) or {}).get("message", "")
-    reported = STATE.reported_failures.setdefault(key, set())
-    new_failures = [line for k, line in found.items() if k not in reported and k not in before]
-    reported.intersection_update(found)
-    reported.update(found)
+    new_failures, failed_start = _failures(api, key, raw, status, pod_dicts, now, fields, updates)
     metrics.DESIRED.labels(ns, name).set(decision.desired)
     changes = decision.valid and decision.desired != current
     was = status.get("lastDecision") or {}
@@ -794,6 +783,62 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
         metrics.DECISIONS.labels(decision.direction, str(not dry).lower()).inc()
     elif lost:
         _post(body, [Event("Warning", "MetricsUnavailable", decision.reason)])
+    _act_on_replicas(body, status, fields, new_failures, failed_start, learned)
+
+
+def watch_replicas(body: dict[str, Any], key: tuple[str, str]) -> None:
+    """A fixed-size LLMDeployment's replicas, read as the autoscale pass reads an autoscaled one's: the
+    blocks one replica of the current plan allocated (calibration), why any failed to start (Degraded,
+    re-plan). Nothing is scaled."""
+    raw, status = dict(body.get("spec", {})), dict(body.get("status") or {})
+    spec = parse_spec(raw)
+    if isinstance(spec, str) or spec.autoscaling.enabled or not status.get("plan"):
+        return
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    api = api_client()
+    pod_dicts = _pods_of(api, ns, name)
+    current = {p["metadata"]["name"] for p in pod_dicts
+               if (p["metadata"].get("annotations") or {}).get(PLAN_HASH_ANNOTATION) == status.get("planHash")}
+    one = [t for t in classify_pods(pod_dicts, spec.vllm.port).ready if t.pod in current][:1]  # all report the same
+    now = _now()
+    fields: dict[str, Any] = {}
+    updates: list[tuple[str, bool | str, str, str]] = []
+    learned = _calibration(api, spec, status, PodScrapeSource().read(one).metrics, pod_dicts, now) if one else None
+    if learned is not None:
+        fields["calibration"] = learned
+    new_failures, failed_start = _failures(api, key, raw, status, pod_dicts, now, fields, updates)
+    _write_status(api, ns, name, fields, updates, now, generation=int(meta.get("generation") or 0) or None)
+    _act_on_replicas(body, status, fields, new_failures, failed_start, learned)
+
+
+def _failures(api: client.ApiClient, key: tuple[str, str], raw: dict[str, Any], status: dict[str, Any],
+              pod_dicts: list[dict[str, Any]], now: str, fields: dict[str, Any],
+              updates: list[tuple[str, bool | str, str, str]]) -> tuple[list[str], dict[str, Any] | None]:
+    """Failed replicas into ``fields`` and ``updates`` (Degraded, status.startupFailures); returns the failures
+    not announced yet and the failed start of the current plan not on record yet."""
+    ns = key[0]
+    causes = _startup_causes(api, ns, key, pod_dicts) if STATE.settings.read_pod_logs else None
+    found = pod_failures(pod_dicts, causes)
+    failed_start = new_failure(pod_dicts, causes or {}, status, spec_hash(raw), now) if causes else None
+    if failed_start is not None:
+        kept = list(status.get("startupFailures") or [])[-(MAX_RECORDS - 1):]
+        fields["startupFailures"] = [*kept, failed_start]
+    updates.append((c.DEGRADED, bool(found), "ReplicaFailed" if found else "ReplicasHealthy",
+                    "; ".join(found.values())[:900] or "no failed replica"))
+    # announced once per failure: remembered here, and (across an operator restart) found in the condition
+    before = (c.get_condition(status.get("conditions"), c.DEGRADED) or {}).get("message", "")
+    reported = STATE.reported_failures.setdefault(key, set())
+    new_failures = [line for k, line in found.items() if k not in reported and k not in before]
+    reported.intersection_update(found)
+    reported.update(found)
+    return new_failures, failed_start
+
+
+def _act_on_replicas(body: dict[str, Any], status: dict[str, Any], fields: dict[str, Any], new_failures: list[str],
+                     failed_start: dict[str, Any] | None, learned: list[dict[str, Any]] | None) -> None:
+    """Once status is written: announce new failures, and plan again with what a failed start or a
+    measurement taught."""
     if new_failures:
         _post(body, [Event("Warning", "ReplicaFailed", "; ".join(new_failures)[:1000])])
     if failed_start is not None:
