@@ -50,6 +50,8 @@ def operator(cluster: LocalCluster, crd_installed: None, tmp_path_factory: pytes
     op = OperatorProcess(kubeconfig=cluster.kubeconfig,
                          log_path=tmp_path_factory.mktemp("operator") / "operator.log",
                          extra_env={"KVSCALE_AUTOSCALE_INTERVAL": "3",
+                                    # in the operator's namespace ("default" outside a pod)
+                                    "KVSCALE_CALIBRATION_CONFIGMAP": "kvscale-calibration",
                                     # the tests' Prometheus servers listen on loopback, at any port
                                     "KVSCALE_PROMETHEUS_URLS": "http://127.0.0.1"})
     op.start()

@@ -3,20 +3,18 @@ ConfigMap another LLMDeployment plans with, and an operator restart that keeps b
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+import json
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from kvscale.estimator.catalog import resolve_model
+from kvscale.estimator.catalog import catalog, resolve_model
 from kvscale.estimator.gpus import GIB, default_catalog
 from kvscale.estimator.memory import ServingConfig, estimate
 from kvscale.estimator.vllm_profiles import profile_for
 from kvscale.operator.resource import GROUP, PLURAL, VERSION
 from kvscale.testing import waiting
-from kvscale.testing.cluster import LocalCluster
 from kvscale.testing.metrics_page import PodPages
 from kvscale.testing.operator_process import OperatorProcess
 
@@ -42,9 +40,10 @@ def page(blocks: int) -> str:
             f'vllm:cache_config_info{{block_size="16",engine="0",num_gpu_blocks="{blocks}",cache_dtype="auto"}} 1.0\n')
 
 
-def body(name: str, autoscaled: bool) -> dict[str, Any]:
+def body(name: str, model: str, autoscaled: bool) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment", "metadata": {"name": name},
-            "spec": {"model": {"name": MODEL}, "serving": {"maxModelLen": 8192, "targetConcurrency": 8},
+            "spec": {"model": {"name": model, "architecture": dict(catalog().get(MODEL.lower()).config)},
+                     "serving": {"maxModelLen": 8192, "targetConcurrency": 8},
                      "placement": {"gpuTypes": ["L4"]}, "vllm": {"port": PORT},
                      "autoscaling": {"enabled": autoscaled, "minReplicas": 1, "maxReplicas": 2}}}
 
@@ -54,22 +53,12 @@ def wait_for(pred: Any, timeout: float, what: str) -> Any:
                             and e.status == 404)
 
 
-@pytest.fixture
-def calibrating_operator(cluster: LocalCluster, crd_installed: None, namespace: str,
-                         tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kubeconfig=cluster.kubeconfig, log_path=tmp_path / "operator.log", extra_env={
-        "KVSCALE_AUTOSCALE_INTERVAL": "2", "KVSCALE_NAMESPACES": namespace,
-        "KVSCALE_CALIBRATION_CONFIGMAP": CONFIGMAP, "KVSCALE_LEASE_NAMESPACE": namespace})
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
-
-
 def test_a_wrong_overhead_is_corrected_by_the_first_replica_shared_and_kept_across_a_restart(
-        api: Any, namespace: str, calibrating_operator: OperatorProcess) -> None:
+        api: Any, namespace: str, operator: OperatorProcess) -> None:
+    """The shared operator keeps its calibration ConfigMap in its own namespace ("default"); the model gets a
+    name of this test's own (Qwen2.5-7B's architecture), so no other test's plans see the measurement."""
     objects, apps, core = client.CustomObjectsApi(api), client.AppsV1Api(api), client.CoreV1Api(api)
+    model = f"calibration-{namespace}/qwen2.5-7b"
 
     def obj(name: str) -> dict[str, Any]:
         return dict(objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
@@ -77,7 +66,7 @@ def test_a_wrong_overhead_is_corrected_by_the_first_replica_shared_and_kept_acro
     blocks = true_blocks()
     with PodPages(api, namespace, "kvscale.io/llmdeployment=first", PORT, lambda: page(blocks)):
         # a fixed-size one: its replica count is the plan's, for targetConcurrency 8
-        objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body("first", False))
+        objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body("first", model, False))
         planned = wait_for(lambda: (o := obj("first")).get("status", {}).get("plan") and o, 60, "a plan")
         estimated = planned["status"]["plan"]["kvCacheBlocks"]
         assert estimated - blocks > 100 and planned["status"]["plan"]["kvCacheMeasured"] is False
@@ -99,13 +88,14 @@ def test_a_wrong_overhead_is_corrected_by_the_first_replica_shared_and_kept_acro
         assert dep.spec.template == template
         reasons = {e.reason: e.message for e in core.list_namespaced_event(namespace).items}
         assert f"was {estimated:,}" in reasons.get("Calibrated", ""), reasons
-        shared = core.read_namespaced_config_map(CONFIGMAP, namespace).data
-        assert len(shared) == 1 and f'"measuredBlocks": {blocks}' in next(iter(shared.values()))
+        shared = core.read_namespaced_config_map(CONFIGMAP, "default").data
+        (entry,) = [v for k, v in shared.items() if k.startswith(f"calibration-{namespace}")]
+        assert json.loads(entry)["measuredBlocks"] == blocks
 
-        calibrating_operator.stop()
-        calibrating_operator.start()
+        operator.stop()
+        operator.start()
         # another LLMDeployment of the model, never measured itself, plans with the shared measurement
-        objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body("second", True))
+        objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body("second", model, True))
         second = wait_for(lambda: (o := obj("second")).get("status", {}).get("plan") and o, 60, "a plan")
         assert second["status"]["plan"]["kvCacheMeasured"] is True
         assert abs(second["status"]["plan"]["kvCacheBlocks"] - blocks) <= 1
