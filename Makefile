@@ -42,6 +42,7 @@ images: venv system-deps
 ## Real vLLM (CPU build) in its own cached virtual environment.
 vllm-env: venv
 	$(PY) -m kvscale.testing.vllm_install
+	$(PY) -m kvscale.testing.train_deps
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
