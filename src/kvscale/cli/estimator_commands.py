@@ -15,6 +15,7 @@ from ..estimator.memory import ServingConfig, estimate
 from ..estimator.planner import GPUOption, LoadTarget, PlanRequest, Preference, plan
 from ..estimator.quantization import Quantization
 from .args import add_model_args, positive_float, positive_int, quant
+from .training_commands import SERVE, add_training_args, cmd_estimate_training, cmd_plan_training
 
 
 def add_estimator_commands(sub: Any) -> None:
@@ -29,6 +30,7 @@ def add_estimator_commands(sub: Any) -> None:
     est.add_argument("--quantization", type=quant, default=Quantization.AUTO)
     est.add_argument("--max-num-seqs", type=positive_int("--max-num-seqs"))
     est.add_argument("--enforce-eager", action="store_true")
+    add_training_args(est, with_gpus=True)
     est.set_defaults(func=cmd_estimate)
 
     pl = sub.add_parser("plan", help="rank GPU type x TP x quantization by cost for a target")
@@ -45,6 +47,7 @@ def add_estimator_commands(sub: Any) -> None:
     pl.add_argument("--tp", type=positive_int("--tp"), help="fix the tensor-parallel size")
     pl.add_argument("--prefer", choices=[p.value for p in Preference], default=Preference.COST.value)
     pl.add_argument("--show-rejections", action="store_true")
+    add_training_args(pl, with_gpus=False)
     pl.set_defaults(func=cmd_plan)
 
     models = sub.add_parser("models", help="list the built-in model catalog")
@@ -61,6 +64,8 @@ def _gpu(args: argparse.Namespace) -> GPUType:
 
 
 def cmd_estimate(args: argparse.Namespace, console: Console) -> int:
+    if args.mode != SERVE:
+        return cmd_estimate_training(args, _gpu(args), console)
     spec = resolve_model(args.model)
     gpu = _gpu(args)
     cfg = ServingConfig(
@@ -112,6 +117,8 @@ def _options(args: argparse.Namespace) -> tuple[GPUOption, ...]:
 
 
 def cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    if args.mode != SERVE:
+        return cmd_plan_training(args, console)
     spec = resolve_model(args.model)
     max_len = args.max_model_len or spec.max_position_embeddings
     load = None
