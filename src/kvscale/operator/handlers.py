@@ -60,6 +60,7 @@ from .resource import GROUP, KIND, PLURAL, VERSION, LLMDeploymentSpec, MetricsSo
 from .settings import OperatorSettings
 from .startup_failures import StartupFailure, classify_container
 from .startup_replan import MAX_RECORDS, MAX_STARTUP_REPLANS, for_spec, new_failure
+from .startup_report import startup_report
 
 log = logging.getLogger("kvscale.operator")
 
@@ -812,6 +813,21 @@ def watch_replicas(body: dict[str, Any], key: tuple[str, str]) -> None:
     _act_on_replicas(body, status, fields, new_failures, failed_start, learned)
 
 
+def _namespace_of(pods: list[dict[str, Any]], name: str) -> str:
+    return str(next(p["metadata"]["namespace"] for p in pods if p["metadata"]["name"] == name))
+
+
+def _log_head(api: client.ApiClient, ns: str, pod: str) -> str | None:
+    """The start of a running vLLM container's log, where it states its memory (None when unreadable)."""
+    try:
+        text: str = client.CoreV1Api(api).read_namespaced_pod_log(
+            pod, ns, container=VLLM_CONTAINER, limit_bytes=LOG_LIMIT_BYTES, _request_timeout=LOG_READ_TIMEOUT_S)
+        return text
+    except Exception as exc:  # no RBAC, a timeout, bytes cut mid-character: the record goes without
+        log.warning("could not read the log of %s/%s: %s", ns, pod, getattr(exc, "reason", None) or exc)
+        return None
+
+
 def _failures(api: client.ApiClient, key: tuple[str, str], raw: dict[str, Any], status: dict[str, Any],
               pod_dicts: list[dict[str, Any]], now: str, fields: dict[str, Any],
               updates: list[tuple[str, bool | str, str, str]]) -> tuple[list[str], dict[str, Any] | None]:
@@ -860,6 +876,8 @@ def _calibration(api: client.ApiClient, spec: LLMDeploymentSpec, status: dict[st
     except (EstimatorError, ValueError, KeyError) as exc:  # the plan's layout no longer estimates: nothing to learn
         log.warning("no calibration from %s: %s", seen[0], exc)
         return None
+    if STATE.settings.read_pod_logs and updated(list(status.get("calibration") or []), record) is not None:
+        record |= startup_report(_log_head(api, _namespace_of(pods, seen[0]), seen[0]))
     learned = updated(list(status.get("calibration") or []), record)
     if learned is not None and STATE.shared is not None:
         try:

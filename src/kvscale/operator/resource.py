@@ -377,6 +377,10 @@ class CalibrationRecord(_Model):
         "subtracted from the KV cache of every plan of this layout."))
     pod: str
     time: str
+    # what the replica's start-up log states (readPodLogs; GPU backends only)
+    weights_gib: float | None = Field(default=None, alias="weightsGiB")
+    available_kv_cache_gib: float | None = Field(default=None, alias="availableKVCacheGiB")
+    cuda_graph_gib: float | None = Field(default=None, alias="cudaGraphGiB")
 
 
 class LLMDeploymentStatus(_Model):
