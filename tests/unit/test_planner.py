@@ -81,6 +81,15 @@ def test_nothing_fits_explains_with_numbers() -> None:
     assert "L4" in msg and "GiB" in msg
 
 
+def test_the_infeasible_summary_names_the_largest_replica_tried() -> None:
+    """DeepSeek-R1 on 8xH100 and 8xA100 nodes: 8 GPUs of 80 GB were tried, not 1 L4."""
+    spec = resolve_model("deepseek-ai/DeepSeek-R1")
+    result = plan(spec, PlanRequest(max_model_len=16384, concurrency=8,
+                                    options=(*opts("H100-80GB", per_node=8), *opts("A100-80GB", per_node=8))))
+    assert result.best is None
+    assert "largest tried 8x " in result.explain_infeasible()
+
+
 def test_prefer_quality_keeps_bf16_when_it_fits() -> None:
     spec = resolve_model("meta-llama/Llama-3.1-8B-Instruct")
     base = dict(max_model_len=8192, concurrency=4, options=opts("L4"),

@@ -119,6 +119,7 @@ class Rejection(BaseModel):
     tensor_parallel_size: int
     quantization: str
     reason: str
+    memory_gib: float = 0.0  # GPU memory of the whole replica that was tried (tp x the GPU's)
 
 
 class PlanResult(BaseModel):
@@ -136,7 +137,8 @@ class PlanResult(BaseModel):
         if not self.rejections:
             return "no GPU option was offered"
         memory_reasons = [r for r in self.rejections if "GiB" in r.reason]
-        pick = (memory_reasons or list(self.rejections))[-1]
+        # the largest replica tried for memory: the one whose numbers say how far off the model is
+        pick = max(memory_reasons, key=lambda r: r.memory_gib) if memory_reasons else self.rejections[-1]
         return (f"no allowed option fits {self.model}: {len(self.rejections)} rejected; largest tried "
                 f"{pick.tensor_parallel_size}x {pick.gpu} {pick.quantization}: {pick.reason}")
 
@@ -183,9 +185,9 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
                     continue
                 seen.add(key)
 
-                def reject(reason: str, tp: int = tp, quant: Quantization = quant, name: str = gpu.name) -> None:
-                    rejections.append(Rejection(gpu=name, tensor_parallel_size=tp,
-                                                quantization=quant.value, reason=reason))
+                def reject(reason: str, tp: int = tp, quant: Quantization = quant, gpu: GPUType = gpu) -> None:
+                    rejections.append(Rejection(gpu=gpu.name, tensor_parallel_size=tp, quantization=quant.value,
+                                                reason=reason, memory_gib=tp * gpu.memory_gib))
 
                 layout = layout_key(gpu.name, tp, quant)
                 failed = req.excluded.get(layout)
