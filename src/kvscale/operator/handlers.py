@@ -108,6 +108,7 @@ class _State:
     startup_causes: dict[tuple[str, str], dict[str, tuple[int, StartupFailure | None]]] = {}  # noqa: RUF012
     reported_failures: dict[tuple[str, str], set[str]] = {}  # noqa: RUF012  # failure keys already announced
     shared: SharedCalibration | None = None  # the cluster's calibration ConfigMap, where one is configured
+    measured: dict[tuple[str, str], tuple[Any, ...]] = {}  # noqa: RUF012  # (spec, plan, blocks) last calibrated
 
 
 STATE = _State()
@@ -474,7 +475,7 @@ def _forget_deleted(present: set[tuple[str, str]]) -> None:
     that no longer exist: an operator that runs for months sees many come and go."""
     tables: list[dict[tuple[str, str], Any]] = [STATE.policy, STATE.serving, STATE.applied, STATE.reconciled,
                                                 STATE.status_known, STATE.startup_causes,
-                                                STATE.reported_failures]
+                                                STATE.reported_failures, STATE.measured]
     # ``present`` was taken when the pass began: one created since is in the index now, and keeps its state
     gone = {k for table in tables for k in table if k not in present and _indexed(*k) is None}
     for table in tables:
@@ -750,7 +751,7 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     if check:
         fields["estimatorCheck"] = check
         metrics.ESTIMATOR_ERROR.labels(ns, name).set(check["errorPercent"] / 100)
-    learned = _calibration(api, spec, status, readings.metrics, pod_dicts, now)
+    learned = _calibration(api, key, spec, status, readings.metrics, pod_dicts, now)
     if learned is not None:
         fields["calibration"] = learned
     ok = not missing and (bool(readings.metrics) or not targets) and not activation_error
@@ -801,11 +802,15 @@ def watch_replicas(body: dict[str, Any], key: tuple[str, str]) -> None:
     pod_dicts = _pods_of(api, ns, name)
     current = {p["metadata"]["name"] for p in pod_dicts
                if (p["metadata"].get("annotations") or {}).get(PLAN_HASH_ANNOTATION) == status.get("planHash")}
-    one = [t for t in classify_pods(pod_dicts, spec.vllm.port).ready if t.pod in current][:1]  # all report the same
+    # one replica is enough (all of a plan report the same), and none once the plan is measured: a fixed-size
+    # fleet is not scraped every pass for what it said once
+    one = [] if (status.get("plan") or {}).get("kvCacheMeasured") else \
+        [t for t in classify_pods(pod_dicts, spec.vllm.port).ready if t.pod in current][:1]
     now = _now()
     fields: dict[str, Any] = {}
     updates: list[tuple[str, bool | str, str, str]] = []
-    learned = _calibration(api, spec, status, PodScrapeSource().read(one).metrics, pod_dicts, now) if one else None
+    learned = _calibration(api, key, spec, status, PodScrapeSource().read(one).metrics, pod_dicts, now) \
+        if one else None
     if learned is not None:
         fields["calibration"] = learned
     new_failures, failed_start = _failures(api, key, raw, status, pod_dicts, now, fields, updates)
@@ -863,7 +868,7 @@ def _act_on_replicas(body: dict[str, Any], status: dict[str, Any], fields: dict[
         _reconcile({**body, "status": {**status, "calibration": learned}}, STATE.nodes)
 
 
-def _calibration(api: client.ApiClient, spec: LLMDeploymentSpec, status: dict[str, Any],
+def _calibration(api: client.ApiClient, key: tuple[str, str], spec: LLMDeploymentSpec, status: dict[str, Any],
                  replica_metrics: dict[str, ReplicaMetrics], pods: list[dict[str, Any]], now: str
                  ) -> list[dict[str, Any]] | None:
     """status.calibration with what a replica of the current plan reports, when that is news (and the
@@ -871,6 +876,13 @@ def _calibration(api: client.ApiClient, spec: LLMDeploymentSpec, status: dict[st
     seen = observation(replica_metrics, pods, status.get("planHash"))
     if seen is None:
         return None
+    # the same blocks for the same spec and plan as the last pass: already on record (an estimate per pass
+    # and object is what a large fleet would pay for nothing)
+    heard = (status.get("specHash"), status.get("planHash"), seen[1], seen[2])
+    recorded = any((r.get("measuredBlocks"), r.get("blockSize")) == seen[1:] for r in status.get("calibration") or [])
+    if STATE.measured.get(key) == heard and recorded:
+        return None
+    STATE.measured[key] = heard
     try:
         record = measure(spec, status["plan"], _catalog(), *seen, now)
     except (EstimatorError, ValueError, KeyError) as exc:  # the plan's layout no longer estimates: nothing to learn
