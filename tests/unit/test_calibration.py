@@ -142,7 +142,9 @@ def test_the_shared_configmap_keeps_one_entry_per_layout_and_skips_what_is_not_a
     assert key.startswith("Qwen_Qwen2.5-7B-Instruct.L4.tp1.") and "/" not in key
     import json
 
-    assert parse({key: json.dumps(record), "junk": "{not json", "list": "[1]"}) == [record]
-    newer = {**record, "measuredBlocks": 1001, "time": at(200)}
-    merged = updated([record], newer)
-    assert merged == [newer]
+    partial = json.dumps({"model": record["model"], "gpu": "L4"})  # by hand, or another version's
+    assert parse({key: json.dumps(record), "junk": "{not json", "list": "[1]", "partial": partial}) == [record]
+    newer = {**record, "measuredBlocks": 1100, "time": at(200)}
+    assert updated([record], newer) == [newer]
+    # another replica a few blocks off is the same measurement: nothing to write, nothing to re-plan
+    assert updated([record], {**record, "measuredBlocks": 1004, "pod": "m-7"}) is None

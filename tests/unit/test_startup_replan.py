@@ -104,3 +104,46 @@ def test_only_a_replica_of_the_current_plan_not_yet_on_record_is_a_new_failure()
     assert record is not None and record["cause"] == "KVCacheTooSmall" and record["missingGiB"] > 0
     assert new_failure(current, {"new-0": cause}, {**status, "startupFailures": [record]}, spec_hash(spec),
                        at(2)) is None
+
+
+def _pod(name: str, plan_hash: str, ready: bool = False, created: str = "2026-12-01T10:00:00Z",
+         revision: str = "r1", deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "ns", "creationTimestamp": created,
+                            "labels": {"pod-template-hash": revision},
+                            "annotations": {"kvscale.io/plan-hash": plan_hash}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-01T10:05:00Z"
+    return {"metadata": meta, "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def test_a_failed_start_counts_only_for_pods_of_the_current_template_that_never_served() -> None:
+    from kvscale.operator.autoscale import current_revision
+
+    spec = raw()
+    status = applied(reconcile("m", "ns", "u", 1, spec, {}, NODES, CAT, T0))
+    h, key = status["planHash"], spec_hash(spec)
+    cause = {"old": kv_too_small(0.5), "new": kv_too_small(0.5)}
+    # an old-template pod (a spec change kept the layout) still crash-looping, beside the new template's first pod
+    pods = [_pod("old", h, revision="r1"), _pod("new", h, created="2026-12-01T10:01:00Z", revision="r2"),
+            _pod("gone", h, created="2026-12-01T10:02:00Z", revision="r3", deleting=True)]
+    assert [p["metadata"]["name"] for p in current_revision(pods)] == ["new"]
+    only_old = {"old": cause["old"]}
+    assert new_failure(current_revision(pods), only_old, status, key, at(300)) is None
+    assert new_failure(current_revision(pods), cause, status, key, at(300)) is not None
+    # it served before (a runtime OOM), or another replica of the plan is Ready: not the plan's failure
+    assert new_failure(current_revision(pods), cause, status, key, at(300), served={"new"}) is None
+    ready = [*pods, _pod("fine", h, ready=True, created="2026-12-01T10:00:30Z", revision="r2")]
+    assert new_failure(current_revision(ready), cause, status, key, at(300)) is None
+
+
+def test_a_second_failure_reserves_what_the_first_reserved_plus_what_it_missed() -> None:
+    spec = raw()
+    _, status = failed_once(spec, kv_too_small(0.5))
+    first = status["startupFailures"][0]
+    reserved, _ = lessons([first])
+    second = {**first, "planHash": "other", "tensorParallelSize": 2, "missingGiB": 1.0,
+              "reservedBytes": reserved["L4"]}
+    both, _ = lessons([first, second])
+    assert both["L4"] == reserved["L4"] + 2**30
+    # an entry edited by hand teaches nothing, and breaks nothing
+    assert lessons([{"cause": "KVCacheTooSmall"}, {**first, "quantization": "nonsense"}]) == ({}, {})

@@ -63,3 +63,41 @@ def test_impossible_combinations_are_refused_naming_the_setting() -> None:
         TrainingConfig(gpus=6, tensor_parallel=4)
     with pytest.raises(EstimatorError, match="match no linear layer"):
         estimate_training(LLAMA_8B, H100, TrainingConfig(mode=TrainMode.LORA, lora_targets=("nothing",)))
+
+
+def test_ppo_trains_a_full_critic_even_when_the_policy_has_adapters() -> None:
+    lora = estimate_training(LLAMA_8B, H100, TrainingConfig(mode=TrainMode.LORA, gpus=8, sharding=Sharding.ZERO3))
+    ppo = estimate_training(LLAMA_8B, H100, TrainingConfig(mode=TrainMode.PPO, gpus=8, sharding=Sharding.ZERO3,
+                                                           lora_rank=16))
+    full = estimate_training(LLAMA_8B, H100, TrainingConfig(gpus=8, sharding=Sharding.ZERO3))
+    # PPO with full actor: actor + critic states, and the reference and reward models frozen
+    assert ppo.optimizer == pytest.approx(2 * full.optimizer, rel=1e-9)
+    assert lora.optimizer < full.optimizer / 100
+
+
+def test_a_colocated_vllm_that_does_not_sleep_holds_its_share_while_training() -> None:
+    base = TrainingConfig(mode=TrainMode.GRPO, rollout=Rollout.COLOCATED, seq_len=1024)
+    awake = estimate_training(LLAMA_8B, H100, base)
+    asleep = estimate_training(LLAMA_8B, H100, base.model_copy(update={"rollout_sleep": True}))
+    assert awake.total - asleep.total == pytest.approx(min(awake.rollout_engine, awake.activations + awake.gradients),
+                                                       rel=1e-6)
+
+
+def test_tensor_parallelism_splits_the_inner_dimensions_and_sequence_parallelism_the_rest() -> None:
+    def acts(**kw: object) -> int:
+        cfg = TrainingConfig(gpus=4, seq_len=4096, **kw)  # type: ignore[arg-type]
+        return estimate_training(LLAMA_8B, H100, cfg).activations
+    one, tp, tp_sp = acts(), acts(tensor_parallel=4), acts(tensor_parallel=4, sequence_parallel=True)
+    assert one / 4 < tp < one  # norms, the residual stream and the column-parallel inputs are replicated
+    assert tp_sp == pytest.approx(one / 4, rel=0.01)
+
+
+@pytest.mark.parametrize(("update", "says"), [
+    ({"offload": Offload.OPTIMIZER, "sharding": Sharding.FSDP}, "ZeRO-Offload"),
+    ({"pipeline_parallel": 2, "gpus": 2, "sharding": Sharding.ZERO3}, "pipeline_parallel > 1"),
+    ({"rollout": Rollout.COLOCATED}, "only PPO and GRPO generate"),
+    ({"kl_coef": 0.1, "mode": TrainMode.DPO}, "kl_coef applies to GRPO only"),
+])
+def test_set_ups_no_framework_runs_are_refused(update: dict[str, object], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        TrainingConfig(**update)  # type: ignore[arg-type]

@@ -63,6 +63,9 @@ def add_training_args(p: argparse.ArgumentParser, with_gpus: bool) -> None:
     p.add_argument("--rollout", choices=[x.value for x in Rollout], default=Rollout.NONE.value)
     p.add_argument("--rollout-gpu-memory-utilization", type=fraction("--rollout-gpu-memory-utilization"),
                    default=None)
+    p.add_argument("--rollout-sleep", action="store_true",
+                   help="vLLM sleeps between generations (TRL's vllm_enable_sleep_mode): its share is freed "
+                        "while the policy trains; --max-model-len sets its prompt + completion length")
 
 
 def _sharding(args: argparse.Namespace) -> Sharding | None:
@@ -89,7 +92,8 @@ def training_config(args: argparse.Namespace, gpus: int, sharding: Sharding | No
         tensor_parallel=args.tp or 1, pipeline_parallel=getattr(args, "pp", None) or 1,
         sequence_parallel=args.sequence_parallel,
         lora_rank=args.lora_rank, lora_targets=tuple(args.lora_targets), kl_coef=args.kl_coef,
-        rollout=Rollout(args.rollout), **extra)
+        rollout=Rollout(args.rollout), rollout_sleep=args.rollout_sleep,
+        rollout_max_len=getattr(args, "max_model_len", None), **extra)
 
 
 def _rows(est: TrainingEstimate) -> list[tuple[str, int]]:
@@ -130,12 +134,14 @@ def cmd_plan_training(args: argparse.Namespace, console: Console) -> int:
     fixed = _sharding(args)
     found: list[tuple[float, GPUType, int, TrainingEstimate, Sharding]] = []
     closest: tuple[float, str] | None = None  # (share of GPU memory needed, what) of the nearest miss
+    error = ""  # why a set-up could not be estimated at all (a flag combination, a target): said if nothing fits
     for gpu in gpus:
         for count in PLAN_GPU_COUNTS:
             for sharding in [fixed] if fixed else PLAN_SHARDINGS:
                 try:
                     est = estimate_training(spec, gpu, training_config(args, count, sharding))
-                except (EstimatorError, ValueError):
+                except (EstimatorError, ValueError) as exc:
+                    error = str(exc).splitlines()[0]
                     continue
                 if est.fits:
                     found.append((count * gpu.price_per_hour, gpu, count, est, sharding or Sharding.DDP))
@@ -154,7 +160,8 @@ def cmd_plan_training(args: argparse.Namespace, console: Console) -> int:
         return 0 if found else 1
     if not found:
         console.print(f"[red]no GPU type of {', '.join(g.name for g in gpus)} fits {spec.name} ({args.mode}) with up "
-                      f"to {PLAN_GPU_COUNTS[-1]} GPUs" + (f"; the closest: {closest[1]}" if closest else ""))
+                      f"to {PLAN_GPU_COUNTS[-1]} GPUs" + (f"; the closest: {closest[1]}" if closest else "")
+                      + (f"; not estimated: {error}" if error and not closest else ""))
         return 1
     t = Table(title=f"{spec.name}: {args.mode}, micro-batch {args.micro_batch} x {args.seq_len}")
     for col in ("#", "GPU", "GPUs", "sharding", "GiB/GPU", "$/hour"):

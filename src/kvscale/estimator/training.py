@@ -100,6 +100,9 @@ FSDP_GATHERED_LAYERS = 2
 #: the CUDA context and cuBLAS/cuDNN workspaces of a PyTorch process: outside torch's allocator, which is
 #: what ``max_memory_allocated`` reports; about 0.5 GiB on current CUDA with lazy module loading
 CUDA_CONTEXT_BYTES = 512 * 1024**2
+#: NCCL's buffers when the GPUs communicate (the figure fitted on vLLM start-ups with TP > 1,
+#: estimator.vllm_profiles: the same library, the same default channel buffers)
+NCCL_BUFFER_BYTES = profile_for("0.32").nccl_bytes
 #: TRL's ``GRPOConfig.beta`` default: 0.0 since TRL 0.19, and then no reference model is loaded
 GRPO_DEFAULT_KL = 0.0
 #: TRL's ``vllm_gpu_memory_utilization`` for a colocated vLLM (GRPOConfig default)
@@ -129,6 +132,8 @@ class TrainingConfig(BaseModel):
     rollout: Rollout = Rollout.NONE
     rollout_gpu_memory_utilization: float = Field(default=ROLLOUT_GPU_MEMORY_UTILIZATION, gt=0, lt=1)
     rollout_max_len: int | None = Field(default=None, gt=0)  # prompt + completion; default seq_len
+    # vLLM's sleep mode between generations (TRL's vllm_enable_sleep_mode, off by default)
+    rollout_sleep: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:
@@ -139,6 +144,17 @@ class TrainingConfig(BaseModel):
             raise ValueError("offload params needs sharded weights: sharding zero3 or fsdp")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise ValueError("sequence_parallel splits along the tensor-parallel group: needs tensor_parallel > 1")
+        if self.offload is Offload.OPTIMIZER and self.sharding not in (Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3):
+            raise ValueError("offload optimizer is DeepSpeed's ZeRO-Offload: sharding zero1, zero2 or zero3 (FSDP "
+                             "offloads weights, gradients and optimizer together: offload params)")
+        if self.pipeline_parallel > 1 and self.sharding in (Sharding.ZERO2, Sharding.ZERO3):
+            raise ValueError("pipeline_parallel > 1 works with sharding ddp or zero1 only (DeepSpeed refuses "
+                             "ZeRO-2/3 with pipeline parallelism)")
+        if self.rollout is not Rollout.NONE and self.mode not in (TrainMode.PPO, TrainMode.GRPO):
+            raise ValueError(f"rollout {self.rollout.value}: only PPO and GRPO generate during training")
+        if self.kl_coef is not None and self.mode is not TrainMode.GRPO:
+            raise ValueError(f"kl_coef applies to GRPO only (mode {self.mode.value}); DPO and PPO always keep a "
+                             "reference")
         return self
 
     @property
@@ -255,72 +271,101 @@ def _activations(spec: ModelSpec, cfg: TrainingConfig, sequences: int) -> tuple[
     return int(worst), notes
 
 
-def estimate_training(spec: ModelSpec, gpu: GPUType, cfg: TrainingConfig) -> TrainingEstimate:
-    """Peak memory per GPU of one training step of ``spec`` under ``cfg``."""
-    _check_architecture(spec)
+def _model_params(spec: ModelSpec) -> int:
     params = count_params(spec)
-    total_params = params.total - params.vision
+    total = params.total - params.vision
     if spec.moe is not None and spec.model_type.startswith("deepseek"):
         # DeepSeek's expert-score correction bias is a buffer in Transformers, not a trained parameter
-        total_params -= spec.moe.num_experts * sum(1 for f in spec.ffns if f is FFN.MOE)
-    mp = cfg.tensor_parallel * cfg.pipeline_parallel
+        total -= spec.moe.num_experts * sum(1 for f in spec.ffns if f is FFN.MOE)
+    return total
+
+
+def _busiest_stage_share(spec: ModelSpec, pp: int) -> float:
+    """The share of the parameters on the busiest pipeline stage: its layers, the embedding on the first,
+    the LM head on the last (a tied head is a second copy there)."""
+    if pp == 1:
+        return 1.0
+    params = count_params(spec)
+    total = params.total - params.vision
+    head = params.lm_head or params.embedding  # tied: the last stage holds its own copy
+    per_layer = (total - params.embedding - params.lm_head) / spec.num_layers
+    stages = _layers_per_stage(spec, pp)
+    worst = max(per_layer * len(st) + (params.embedding if i == 0 else 0) + (head if i == pp - 1 else 0)
+                for i, st in enumerate(stages))
+    return worst / total
+
+
+def _states(spec: ModelSpec, cfg: TrainingConfig, adapters: bool) -> tuple[int, float, float, float]:
+    """(trained parameters, weights, gradients, optimizer bytes) per GPU of one trained model, before
+    gathered buffers: adapters on a frozen base, or the whole model."""
+    total = _model_params(spec)
+    share = _busiest_stage_share(spec, cfg.pipeline_parallel) / cfg.tensor_parallel
     dp = cfg.data_parallel
-    notes: list[str] = []
-    if cfg.adapters:
+    if adapters:
         trainable, _ = lora_params(spec, cfg.lora_rank, cfg.lora_targets)
         if trainable == 0:
             raise EstimatorError(f"lora_targets {list(cfg.lora_targets)} match no linear layer of {spec.name}")
-        frozen = total_params
+        w_b, g_b, master_b, state_b = FP32, FP32, 0, FP32  # PEFT keeps adapters in fp32 (autocast_adapter_dtype)
+        if cfg.mode is TrainMode.QLORA:  # linear weights in NF4; embeddings, LM head and norms stay 16-bit
+            quantized = count_params(spec).linear
+            frozen = quantized * NF4_BYTES_PER_PARAM + (total - quantized) * 2
+        else:
+            frozen = total * (FP32 if cfg.precision is Precision.AMP else 2)
     else:
-        trainable, frozen = total_params, 0
-    trainable_gpu, frozen_gpu = trainable / mp, frozen / mp
-    # bytes per trained parameter: (weights, gradients, master + optimizer states in this float size)
-    if cfg.adapters:  # PEFT keeps adapters in fp32 (autocast_adapter_dtype)
-        w_b, g_b, master_b, state_b = FP32, FP32, 0, FP32
-    elif cfg.precision is Precision.BF16:
-        w_b, g_b, master_b, state_b = 2, 2, 0, 2
-    elif cfg.precision is Precision.AMP or cfg.sharding is Sharding.FSDP:
-        w_b, g_b, master_b, state_b = FP32, FP32, 0, FP32
-    else:  # mixed / fp8 under DeepSpeed or DDP
-        w_b, g_b, master_b, state_b = 2, 2, FP32, FP32
-    frozen_b = NF4_BYTES_PER_PARAM if cfg.mode is TrainMode.QLORA else 2 if cfg.precision is not Precision.AMP \
-        else FP32
-    if cfg.mode is TrainMode.QLORA:  # embeddings, LM head and norms stay 16-bit
-        quantized = params.linear
-        frozen_weight_bytes = (quantized * NF4_BYTES_PER_PARAM + (total_params - quantized) * 2) / mp
-    else:
-        frozen_weight_bytes = frozen_gpu * frozen_b
-
+        trainable, frozen = total, 0.0
+        if cfg.precision is Precision.BF16:
+            w_b, g_b, master_b, state_b = 2, 2, 0, 2
+        elif cfg.precision is Precision.AMP or cfg.sharding is Sharding.FSDP:
+            w_b, g_b, master_b, state_b = FP32, FP32, 0, FP32
+        else:  # mixed / fp8 under DeepSpeed or DDP
+            w_b, g_b, master_b, state_b = 2, 2, FP32, FP32
     shard_opt = dp if cfg.sharding is not Sharding.DDP else 1
     shard_grad = dp if cfg.sharding in (Sharding.ZERO2, Sharding.ZERO3, Sharding.FSDP) else 1
     shard_w = dp if cfg.sharding in (Sharding.ZERO3, Sharding.FSDP) else 1
-    weights = trainable_gpu * w_b / shard_w + frozen_weight_bytes / shard_w
-    grads = trainable_gpu * g_b / shard_grad
-    opt = (trainable_gpu * master_b + _optimizer_bytes(spec, cfg, trainable, state_b) / mp) / shard_opt
+    weights = (trainable * w_b + frozen) * share / shard_w
+    grads = trainable * share * g_b / shard_grad
+    opt = (trainable * master_b + _optimizer_bytes(spec, cfg, trainable, state_b)) * share / shard_opt
     if cfg.offload is not Offload.NONE:
         opt = 0.0
-        notes.append("optimizer states (and master weights) offloaded to host memory")
     if cfg.offload is Offload.PARAMS:
         weights = 0.0
-    # gathered weights of sharded set-ups
+    return trainable, weights, grads, opt
+
+
+def estimate_training(spec: ModelSpec, gpu: GPUType, cfg: TrainingConfig) -> TrainingEstimate:
+    """Peak memory per GPU of one training step of ``spec`` under ``cfg`` (the busiest GPU)."""
+    _check_architecture(spec)
+    total_params = _model_params(spec)
+    dp = cfg.data_parallel
+    notes: list[str] = []
+    trainable, weights, grads, opt = _states(spec, cfg, cfg.adapters)
+    if cfg.offload is not Offload.NONE:
+        notes.append("optimizer states (and master weights) offloaded to host memory")
+    # gathered weights of sharded set-ups, in 16 bits (fp32 under AMP)
+    gather_b = FP32 if cfg.precision is Precision.AMP else 2
     layer_params = max(sum(m.params for m in layer_matrices(spec, i)) for i in range(spec.num_layers)) / \
         cfg.tensor_parallel
+    gathered = 0.0
     if cfg.sharding is Sharding.FSDP and dp > 1:
-        weights += FSDP_GATHERED_LAYERS * layer_params * 2 + layer_params * 2  # + one layer's unsharded grads
+        grads_unsharded = 0 if cfg.adapters else layer_params * gather_b  # one layer's gradients before reduce
+        gathered = FSDP_GATHERED_LAYERS * layer_params * gather_b + grads_unsharded
     elif cfg.sharding is Sharding.ZERO3 and dp > 1:
-        weights += (layer_params + ZERO3_PREFETCH) * 2
+        gathered = (layer_params + ZERO3_PREFETCH) * gather_b
+    weights += gathered
     overhead = float(CUDA_CONTEXT_BYTES)
     if cfg.sharding in (Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3) and dp > 1:
-        overhead += 2 * min(ZERO_REDUCE_BUCKET, trainable_gpu)
+        overhead += 2 * min(ZERO_REDUCE_BUCKET, trainable / cfg.tensor_parallel)
     if cfg.gpus > 1:
-        overhead += profile_for("0.32").nccl_bytes  # NCCL's buffers (as measured on vLLM start-ups)
+        overhead += NCCL_BUFFER_BYTES
 
     sequences = cfg.micro_batch * (2 if cfg.mode is TrainMode.DPO else 1)  # DPO: chosen and rejected
     activations, act_notes = _activations(spec, cfg, sequences)
     notes += act_notes
 
     frozen_models = 0.0
-    model_w = total_params * 2 / mp / shard_w  # a frozen 16-bit copy, sharded like the policy
+    shard_w = dp if cfg.sharding in (Sharding.ZERO3, Sharding.FSDP) else 1
+    share = _busiest_stage_share(spec, cfg.pipeline_parallel) / cfg.tensor_parallel
+    model_w = total_params * 2 * share / shard_w  # a frozen 16-bit copy, sharded like the policy
     reference = cfg.mode in (TrainMode.DPO, TrainMode.PPO) or (
         cfg.mode is TrainMode.GRPO and (GRPO_DEFAULT_KL if cfg.kl_coef is None else cfg.kl_coef) > 0)
     if reference and not cfg.adapters:
@@ -332,9 +377,10 @@ def estimate_training(spec: ModelSpec, gpu: GPUType, cfg: TrainingConfig) -> Tra
         notes.append("GRPO with kl_coef 0 (TRL's default): no reference model")
     if cfg.mode is TrainMode.PPO:
         frozen_models += model_w  # reward model (same architecture, frozen)
-        # the critic is trained: its weights, gradients and optimizer states like the actor's
-        weights, grads, opt = weights * 2, grads * 2, opt * 2
-        notes.append("PPO: critic of the same architecture trained beside the actor, reward model frozen")
+        # the critic (value model) is trained in full, adapters or not (TRL applies PEFT to the policy only)
+        _, cw, cg, co = _states(spec, cfg.model_copy(update={"mode": TrainMode.TRAIN}), adapters=False)
+        weights, grads, opt = weights + cw, grads + cg, opt + co
+        notes.append("PPO: a critic of the same architecture trained in full beside the actor, reward model frozen")
 
     rollout = 0.0
     if cfg.rollout is Rollout.COLOCATED:
@@ -342,14 +388,16 @@ def estimate_training(spec: ModelSpec, gpu: GPUType, cfg: TrainingConfig) -> Tra
     elif cfg.rollout is Rollout.SEPARATE:
         notes.append("rollout engine on GPUs of its own: not on these")
     states = weights + grads + opt + frozen_models
-    train_phase = states + activations
-    # generation phase: vLLM awake; gradients are released between steps, activations not yet made
+    # training: vLLM's share stays allocated unless it sleeps (weights and KV freed) between generations
+    train_phase = states + activations + (0.0 if cfg.rollout_sleep else rollout)
+    # generation: gradients are released between steps, activations not yet made
     rollout_phase = states - grads + rollout
     total = max(train_phase, rollout_phase) + overhead
     return TrainingEstimate(
-        trainable_params=trainable, frozen_params=frozen, parameters=int(weights), gradients=int(grads),
-        optimizer=int(opt), activations=activations, frozen_models=int(frozen_models), rollout_engine=int(rollout),
-        overhead=int(overhead), total=int(total), gpu_memory=gpu.memory_bytes, notes=tuple(notes))
+        trainable_params=trainable, frozen_params=total_params if cfg.adapters else 0, parameters=int(weights),
+        gradients=int(grads), optimizer=int(opt), activations=activations, frozen_models=int(frozen_models),
+        rollout_engine=int(rollout), overhead=int(overhead), total=int(total), gpu_memory=gpu.memory_bytes,
+        notes=tuple(notes))
 
 
 def _colocated_rollout(spec: ModelSpec, gpu: GPUType, cfg: TrainingConfig, notes: list[str]) -> float:

@@ -121,17 +121,36 @@ def _moe(spec: ModelSpec, r: Regime) -> float:
     return out
 
 
-def layer_bytes_per_token(spec: ModelSpec, layer: int, seq: int, r: Regime) -> float:
-    """What decoder layer ``layer`` keeps per token of a ``seq``-token sequence, on one GPU."""
-    h, t = spec.hidden_size, r.tensor_parallel
-    sp = t if r.sequence_parallel else 1  # norms and the residual stream split only with sequence parallelism
-    out = 2 * _norm(h, r) / sp
-    out += (_mla(spec, seq, r) if spec.mla is not None else _attention(spec, seq, r)) / t
-    if spec.ffns[layer] is FFN.MOE:
-        out += _moe(spec, r) / t
-    elif spec.ffns[layer] is FFN.DENSE:
-        out += _mlp(h, spec.intermediate_size, r) / t
+def _replicated_inputs(spec: ModelSpec, layer: int, r: Regime) -> float:
+    """What the column-parallel Linears keep of their inputs (part of the totals above): the whole
+    normalized input on every tensor-parallel rank, split only with sequence parallelism."""
+    h = spec.hidden_size
+    if spec.mla is not None:
+        m = spec.mla
+        assert m is not None
+        out = float(_inputs(r, {"kv_a_proj_with_mqa": h, **({"q_a_proj": h} if m.q_lora_rank else {"q_proj": h})}))
+    else:
+        out = float(_inputs(r, {"q_proj": h, "k_proj": h, "v_proj": h}))
+    if spec.ffns[layer] is FFN.DENSE:
+        out += _inputs(r, {"gate_proj": h, "up_proj": h})
+    elif spec.ffns[layer] is FFN.MOE and r.base_trained:
+        out += FP32 * h if spec.model_type.startswith("deepseek") else _inputs(r, {"router": h})
     return out
+
+
+def layer_bytes_per_token(spec: ModelSpec, layer: int, seq: int, r: Regime) -> float:
+    """What decoder layer ``layer`` keeps per token of a ``seq``-token sequence, on one GPU. Tensor
+    parallelism splits heads and the MLP's inner dimension; norms, the residual stream and the
+    column-parallel Linears' inputs are split only with sequence parallelism (Korthikanti et al. 2022)."""
+    h, t = spec.hidden_size, r.tensor_parallel
+    sp = t if r.sequence_parallel else 1
+    blocks = _mla(spec, seq, r) if spec.mla is not None else _attention(spec, seq, r)
+    if spec.ffns[layer] is FFN.MOE:
+        blocks += _moe(spec, r)
+    elif spec.ffns[layer] is FFN.DENSE:
+        blocks += _mlp(h, spec.intermediate_size, r)
+    replicated = _replicated_inputs(spec, layer, r)
+    return 2 * _norm(h, r) / sp + replicated / sp + (blocks - replicated) / t
 
 
 def layer_input_bytes_per_token(spec: ModelSpec, r: Regime) -> float:
@@ -144,7 +163,8 @@ def model_bytes_per_token(spec: ModelSpec, r: Regime) -> float:
     """Outside the layers: token ids, the final norm, the LM head's input, the loss's fp32 log-probs
     (vocabulary-parallel under TP) and its targets."""
     head_in = BF16 * spec.hidden_size if r.base_trained else 0
-    return INT64 + _norm(spec.hidden_size, r) + head_in + FP32 * spec.vocab_size / r.tensor_parallel + INT64
+    sp = r.tensor_parallel if r.sequence_parallel else 1
+    return INT64 + (_norm(spec.hidden_size, r) + head_in) / sp + FP32 * spec.vocab_size / r.tensor_parallel + INT64
 
 
 def rotary_bytes(spec: ModelSpec, seq: int, r: Regime) -> int:

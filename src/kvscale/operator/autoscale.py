@@ -75,6 +75,22 @@ def classify_pods(pods: list[dict[str, Any]], port: int) -> PodView:
     return PodView(ready, unready, pending, unschedulable, reason, failed)
 
 
+#: the label the Deployment controller puts on a pod: which revision of the pod template it runs
+TEMPLATE_HASH_LABEL = "pod-template-hash"
+
+
+def current_revision(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods of the newest pod template, not being deleted. During a rollout only the newest
+    ReplicaSet creates pods, so the newest pod names it; a pod of an earlier template (an earlier spec,
+    the same layout) must not speak for the current one."""
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    if not live:
+        return []
+    newest = max(live, key=lambda p: (str(p["metadata"].get("creationTimestamp") or ""), p["metadata"]["name"]))
+    revision = (newest["metadata"].get("labels") or {}).get(TEMPLATE_HASH_LABEL)
+    return [p for p in live if (p["metadata"].get("labels") or {}).get(TEMPLATE_HASH_LABEL) == revision]
+
+
 def decision_record(d: Decision, now: str, applied: bool) -> dict[str, Any]:
     return {"time": now, "replicas": d.current, "desiredReplicas": d.desired, "valid": d.valid,
             "reason": d.reason[:512], "applied": applied}
@@ -91,6 +107,8 @@ def mean_kv(metrics: dict[str, ReplicaMetrics]) -> float | None:
 
 
 def estimator_check(predicted_blocks: int | None, metrics: dict[str, ReplicaMetrics]) -> dict[str, Any] | None:
+    """``predicted_blocks``: the estimate's, not a plan made from a measurement (that would compare the
+    measurement with itself)."""
     observed = next((m.num_gpu_blocks for m in metrics.values() if m.num_gpu_blocks), None)
     if not predicted_blocks or not observed:
         return None

@@ -67,13 +67,24 @@ def measure(spec: LLMDeploymentSpec, plan: Mapping[str, Any], catalog: GPUCatalo
             "pod": pod, "time": now}
 
 
+#: replicas of one layout may allocate a few blocks more or less than one another (what else runs on the GPU):
+#: a new reading within this share of the recorded one is the same measurement, not news to write and act on
+SAME_MEASUREMENT_SHARE = 0.005
+
+
+def same_blocks(blocks: int) -> int:
+    return max(1, int(blocks * SAME_MEASUREMENT_SHARE))
+
+
 def updated(records: list[dict[str, Any]], record: dict[str, Any], limit: int = MAX_RECORDS
             ) -> list[dict[str, Any]] | None:
     """``records`` with ``record`` in place of the one of its layout, newest last; None when that one already
     says the same (the same blocks against the same estimate): nothing to write."""
     key = calibration_key(record)
     same = next((r for r in records if calibration_key(r) == key), None)
-    if same is not None and all(same.get(f) == record[f] for f in ("measuredBlocks", "blockSize", "predictedBlocks")):
+    blocks = record["measuredBlocks"]
+    if same is not None and all(same.get(f) == record[f] for f in ("blockSize", "predictedBlocks")) and \
+            abs(int(same.get("measuredBlocks") or 0) - blocks) <= same_blocks(blocks):
         return None
     return [*(r for r in records if calibration_key(r) != key), record][-limit:]
 

@@ -25,6 +25,9 @@ log = logging.getLogger("kvscale.operator")
 CACHE_S = 30.0
 #: read-modify-write attempts when another writer got there first
 WRITE_ATTEMPTS = 3
+#: what an entry must carry to be read (one written by hand or by another version may lack some)
+REQUIRED = ("model", "gpu", "tensorParallelSize", "quantization", "kvCacheDtype", "vllmRelease",
+            "measuredBlocks", "blockSize", "predictedBlocks", "unaccountedBytes", "time")
 
 
 def parse(data: dict[str, str] | None) -> list[dict[str, Any]]:
@@ -35,7 +38,7 @@ def parse(data: dict[str, str] | None) -> list[dict[str, Any]]:
             r = json.loads(raw)
         except (TypeError, ValueError):
             continue
-        if isinstance(r, dict):
+        if isinstance(r, dict) and all(k in r for k in REQUIRED):
             out.append(r)
     return sorted(out, key=lambda r: str(r.get("time", "")), reverse=True)
 
@@ -45,6 +48,7 @@ class SharedCalibration:
         self.namespace, self.name = namespace, name
         self._cached: tuple[float, list[dict[str, Any]]] | None = None
         self._guard = threading.Lock()
+        self._write_guard = threading.Lock()
 
     def records(self, api: client.ApiClient) -> list[dict[str, Any]]:
         """What the ConfigMap holds (read at most every ``CACHE_S``); on a failed read, what was read last."""
@@ -55,16 +59,24 @@ class SharedCalibration:
             cm = client.CoreV1Api(api).read_namespaced_config_map(self.name, self.namespace)
             found = parse(cm.data)
         except client.ApiException as exc:
-            if exc.status != 404:
-                log.warning("could not read calibration ConfigMap %s/%s: %s", self.namespace, self.name, exc.reason)
-                return self._cached[1] if self._cached else []
             found = []
+            if exc.status != 404:  # forbidden, the API server away: what was read last, and not again at once
+                log.warning("could not read calibration ConfigMap %s/%s: %s", self.namespace, self.name, exc.reason)
+                found = self._cached[1] if self._cached else []
+        except Exception as exc:  # the connection itself
+            log.warning("could not read calibration ConfigMap %s/%s: %s", self.namespace, self.name, exc)
+            found = self._cached[1] if self._cached else []
         with self._guard:
             self._cached = (time.monotonic(), found)
         return found
 
     def add(self, api: client.ApiClient, record: dict[str, Any]) -> None:
-        """Put ``record`` in place of its layout's entry (raises ApiException when every attempt failed)."""
+        """Put ``record`` in place of its layout's entry (raises ApiException when every attempt failed).
+        One write at a time from this process: its own threads never race one another."""
+        with self._write_guard:
+            self._add(api, record)
+
+    def _add(self, api: client.ApiClient, record: dict[str, Any]) -> None:
         core = client.CoreV1Api(api)
         for attempt in range(WRITE_ATTEMPTS):
             try:

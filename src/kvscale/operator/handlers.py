@@ -38,6 +38,7 @@ from .apply import (
 from .autoscale import (
     DELETION_COST,
     classify_pods,
+    current_revision,
     decision_record,
     deletion_costs,
     estimator_check,
@@ -440,7 +441,11 @@ def reconcile_if_due(body: dict[str, Any]) -> None:
     gone = not unplanned and (status.get("plan") or {}).get("gpu") not in gpu_options(_nodes(STATE.nodes),
                                                                                       _catalog())
     stale = status.get("observedGeneration") != body["metadata"].get("generation")
-    if unplanned or gone or stale:
+    # a re-plan after a failed start that did not get through (the API, a conflict) is tried again here
+    failures = for_spec(status.get("startupFailures"), spec_hash(dict(body.get("spec") or {})))
+    failed = any(r.get("planHash") == status.get("planHash") for r in failures) and \
+        len(failures) <= MAX_STARTUP_REPLANS
+    if unplanned or gone or stale or failed:
         _reconcile(body, STATE.nodes, unless_recent=True)
 
 
@@ -747,11 +752,11 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     if kv is not None:
         fields["kvCacheUtilization"] = f"{kv:.0%}"
         metrics.KV_UTIL.labels(ns, name).set(kv)
-    check = estimator_check((status.get("plan") or {}).get("kvCacheBlocks"), readings.metrics)
+    check = estimator_check(_estimated_blocks(status), readings.metrics)
     if check:
         fields["estimatorCheck"] = check
         metrics.ESTIMATOR_ERROR.labels(ns, name).set(check["errorPercent"] / 100)
-    learned = _calibration(api, key, spec, status, readings.metrics, pod_dicts, now)
+    learned = _calibration(api, key, spec, status, readings.metrics, current_revision(pod_dicts), now)
     if learned is not None:
         fields["calibration"] = learned
     ok = not missing and (bool(readings.metrics) or not targets) and not activation_error
@@ -800,7 +805,7 @@ def watch_replicas(body: dict[str, Any], key: tuple[str, str]) -> None:
     ns, name = meta["namespace"], meta["name"]
     api = api_client()
     pod_dicts = _pods_of(api, ns, name)
-    current = {p["metadata"]["name"] for p in pod_dicts
+    current = {p["metadata"]["name"] for p in current_revision(pod_dicts)
                if (p["metadata"].get("annotations") or {}).get(PLAN_HASH_ANNOTATION) == status.get("planHash")}
     # one replica is enough (all of a plan report the same), and none once the plan is measured: a fixed-size
     # fleet is not scraped every pass for what it said once
@@ -809,13 +814,23 @@ def watch_replicas(body: dict[str, Any], key: tuple[str, str]) -> None:
     now = _now()
     fields: dict[str, Any] = {}
     updates: list[tuple[str, bool | str, str, str]] = []
-    learned = _calibration(api, key, spec, status, PodScrapeSource().read(one).metrics, pod_dicts, now) \
-        if one else None
+    learned = _calibration(api, key, spec, status, PodScrapeSource().read(one).metrics,
+                           current_revision(pod_dicts), now) if one else None
     if learned is not None:
         fields["calibration"] = learned
     new_failures, failed_start = _failures(api, key, raw, status, pod_dicts, now, fields, updates)
     _write_status(api, ns, name, fields, updates, now, generation=int(meta.get("generation") or 0) or None)
     _act_on_replicas(body, status, fields, new_failures, failed_start, learned)
+
+
+def _estimated_blocks(status: dict[str, Any]) -> int | None:
+    """The plan's KV blocks as estimated: a measured plan's are the measurement, its record keeps the estimate."""
+    plan = status.get("plan") or {}
+    if not plan.get("kvCacheMeasured"):
+        return plan.get("kvCacheBlocks")
+    layout = (plan.get("gpu"), plan.get("tensorParallelSize"), plan.get("quantization"))
+    return next((r.get("predictedBlocks") for r in status.get("calibration") or []
+                 if (r.get("gpu"), r.get("tensorParallelSize"), r.get("quantization")) == layout), None)
 
 
 def _namespace_of(pods: list[dict[str, Any]], name: str) -> str:
@@ -841,7 +856,8 @@ def _failures(api: client.ApiClient, key: tuple[str, str], raw: dict[str, Any], 
     ns = key[0]
     causes = _startup_causes(api, ns, key, pod_dicts) if STATE.settings.read_pod_logs else None
     found = pod_failures(pod_dicts, causes)
-    failed_start = new_failure(pod_dicts, causes or {}, status, spec_hash(raw), now) if causes else None
+    failed_start = new_failure(current_revision(pod_dicts), causes or {}, status, spec_hash(raw), now,
+                               served=STATE.serving.get(key, set())) if causes else None
     if failed_start is not None:
         kept = list(status.get("startupFailures") or [])[-(MAX_RECORDS - 1):]
         fields["startupFailures"] = [*kept, failed_start]
@@ -862,10 +878,16 @@ def _act_on_replicas(body: dict[str, Any], status: dict[str, Any], fields: dict[
     measurement taught."""
     if new_failures:
         _post(body, [Event("Warning", "ReplicaFailed", "; ".join(new_failures)[:1000])])
+    if failed_start is None and learned is None:
+        return
+    # the newest copy (a scale or a spec edit may have landed during this pass), with what was just written
+    meta = body["metadata"]
+    latest = _indexed(meta["namespace"], meta["name"]) or body
+    fresh = {**latest, "status": {**(latest.get("status") or {}), **fields}}
     if failed_start is not None:
-        _replan_after_failed_start(body, status, fields["startupFailures"], failed_start)
-    elif learned is not None and STATE.nodes is not None:  # the plan is made again with what was measured
-        _reconcile({**body, "status": {**status, "calibration": learned}}, STATE.nodes)
+        _replan_after_failed_start(fresh, fresh["status"], fields["startupFailures"], failed_start)
+    elif STATE.nodes is not None:  # the plan is made again with what was measured
+        _reconcile(fresh, STATE.nodes)
 
 
 def _calibration(api: client.ApiClient, key: tuple[str, str], spec: LLMDeploymentSpec, status: dict[str, Any],
@@ -894,9 +916,9 @@ def _calibration(api: client.ApiClient, key: tuple[str, str], spec: LLMDeploymen
     if learned is not None and STATE.shared is not None:
         try:
             STATE.shared.add(api, record)
-        except client.ApiException as exc:  # the object's own status still keeps it
+        except Exception as exc:  # the API, an unreadable entry: the object's own status still keeps it
             metrics.ERRORS.labels("calibration").inc()
-            log.warning("could not share the calibration of %s: %s", seen[0], exc.reason)
+            log.warning("could not share the calibration of %s: %s", seen[0], getattr(exc, "reason", None) or exc)
     if learned is not None:
         log.info("calibration: %s", describe(record))
     return learned

@@ -171,7 +171,10 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     drifted = not recorded or (children is not None and any(children.get(k) != v for k, v in recorded.items()))
     recorded_plan = plan_status(p, catalog).model_dump(by_alias=True)
     # a measurement arrived (a plan kept past its failed starts is left as recorded)
-    calibrated = not out.plan_changed and bool(current) and not failed and recorded_plan != current
+    # (only a measured plan, or one that was: any other difference, such as an operator upgrade's new
+    # estimate, waits for the next spec change instead of re-applying every fleet)
+    calibrated = not out.plan_changed and bool(current) and not failed and recorded_plan != current and \
+        (p.measured or bool(current.get("kvCacheMeasured")))
     unchanged = not out.plan_changed and status.get("observedGeneration") == generation and not drifted \
         and not calibrated
     replicas = desired_replicas(spec, p)

@@ -358,6 +358,9 @@ class StartupFailureRecord(_Model):
     missing_gib: float | None = Field(default=None, alias="missingGiB", description=(
         "Per GPU, memory the estimate counted as KV cache that vLLM did not have: reserved on this GPU type "
         "when planning again."))
+    reserved_bytes: int = Field(default=0, alias="reservedBytes", description=(
+        "Per GPU, what earlier failures of this spec had already reserved on this GPU type when this plan was "
+        "made: the next reserve is this plus missingGiB."))
 
 
 # what a live replica of one layout allocated, against the estimate of that layout (a comment: docstrings

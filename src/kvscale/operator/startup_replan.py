@@ -47,34 +47,58 @@ def for_spec(records: list[dict[str, Any]] | None, spec_hash: str) -> list[dict[
     return [r for r in records or [] if r.get("specHash") == spec_hash]
 
 
+def _ready(pod: dict[str, Any]) -> bool:
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
 def lessons(records: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, str]]:
-    """(memory to reserve per GPU, by GPU type; layouts not to try again -> why) from one spec's failures."""
+    """(memory to reserve per GPU, by GPU type; layouts not to try again -> why) from one spec's failures;
+    an entry that cannot be read (edited by hand) teaches nothing."""
     reserved: dict[str, int] = {}
     excluded: dict[str, str] = {}
     for r in records:
-        why = f"{FAILED_START} at {r['time']}: {r['message']}"
-        quant = Quantization(r["quantization"])
-        if r["cause"] == StartupCause.UNSUPPORTED:
-            excluded.update({layout_key(r["gpu"], tp, quant): why for tp in TP_DEGREES})
+        try:
+            _learn(r, reserved, excluded)
+        except (KeyError, ValueError, TypeError):
             continue
-        excluded[layout_key(r["gpu"], int(r["tensorParallelSize"]), quant)] = why
-        if r.get("missingGiB"):
-            reserved[r["gpu"]] = max(reserved.get(r["gpu"], 0), int(float(r["missingGiB"]) * GIB))
     return reserved, excluded
 
 
+def _learn(r: dict[str, Any], reserved: dict[str, int], excluded: dict[str, str]) -> None:
+    why = f"{FAILED_START} at {r['time']}: {r['message']}"
+    quant = Quantization(r["quantization"])
+    if r["cause"] == StartupCause.UNSUPPORTED:
+        excluded.update({layout_key(r["gpu"], tp, quant): why for tp in TP_DEGREES})
+        return
+    excluded[layout_key(r["gpu"], int(r["tensorParallelSize"]), quant)] = why
+    if r.get("missingGiB"):
+        # the plan that failed was made with the reserve already known: what it missed comes on top
+        total = int(float(r["missingGiB"]) * GIB) + int(r.get("reservedBytes") or 0)
+        reserved[r["gpu"]] = max(reserved.get(r["gpu"], 0), total)
+
+
 def new_failure(pods: list[dict[str, Any]], causes: dict[str, StartupFailure], status: dict[str, Any],
-                spec_hash: str, now: str) -> dict[str, Any] | None:
-    """The first failed start of a replica of the current plan that is not on record yet, as a record."""
+                spec_hash: str, now: str, served: set[str] | frozenset[str] = frozenset()) -> dict[str, Any] | None:
+    """The first failed start of a replica of the current plan that is not on record yet, as a record.
+
+    ``pods``: those of the current pod template. A pod that has served (``served``) failed at run time, not at
+    start; and while any replica of the plan is Ready the layout runs, so one failing replica (a bad node,
+    a runtime OOM) is that replica's trouble, not the plan's."""
     plan, plan_hash = status.get("plan"), status.get("planHash")
     if not plan or not plan_hash or any(r.get("planHash") == plan_hash
                                          for r in for_spec(status.get("startupFailures"), spec_hash)):
         return None
+    if any(_ready(p) for p in pods):
+        return None
     for pod in pods:
+        if pod["metadata"]["name"] in served:
+            continue
         meta = pod["metadata"]
         cause = causes.get(meta["name"])
         if cause is not None and (meta.get("annotations") or {}).get(PLAN_HASH_ANNOTATION) == plan_hash:
             record = failure_record(cause, plan, plan_hash, spec_hash, now)
             if record is not None:
-                return record
+                known, _ = lessons(for_spec(status.get("startupFailures"), spec_hash))
+                return {**record, "reservedBytes": known.get(str(plan.get("gpu")), 0)}
     return None
