@@ -103,9 +103,10 @@ def test_another_llmdeployment_of_the_model_plans_with_the_shared_measurement_an
     other = reconcile("n", "ns", "v", 1, spec, {}, NODES, CAT, T0, shared=shared)
     assert abs(other.status["plan"]["kvCacheBlocks"] - got) <= 1 and other.status["plan"]["kvCacheMeasured"]
     assert any("as a live replica of this layout allocated it" in e.message for e in other.events)
-    # another KV dtype, another model, another vLLM line: the measurement says nothing about them
+    # another KV dtype, model, vLLM line or engine arguments: the measurement says nothing about them
     for changed in (raw(kvCacheDtype="fp8"), {**raw(), "model": {"name": "Qwen/Qwen2.5-3B-Instruct"}},
-                    {**raw(), "vllm": {"image": "vllm/vllm-openai:v0.10.2"}}):
+                    {**raw(), "vllm": {"image": "vllm/vllm-openai:v0.10.2"}},
+                    {**raw(), "vllm": {"extraArgs": ["--enforce-eager"]}}):
         parsed = parse_spec(changed)
         assert not isinstance(parsed, str)
         assert measured_bytes(shared, parsed) == {}

@@ -3,7 +3,8 @@
 A running vLLM replica reports the KV blocks it allocated (``vllm:cache_config_info``). The gap
 between that and the estimate of the same layout, in bytes per GPU, is memory the model does not
 account for (a driver's reserve, another release's overheads, a checkpoint unlike its config). It is
-kept per (model, GPU type, TP degree, weight format, KV dtype, vLLM release line) in the
+kept per (model, GPU type, TP degree, weight format, KV dtype, vLLM release line, extra engine arguments)
+in the
 LLMDeployment's status, and optionally in a ConfigMap shared by every LLMDeployment of the cluster.
 A plan of a layout with a measurement subtracts that memory: its KV cache is the one vLLM allocated
 there (``planner.PlanRequest.measured_bytes``), and so is the replica count the target needs.
@@ -11,6 +12,8 @@ there (``planner.PlanRequest.measured_bytes``), and so is the replica count the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -34,8 +37,15 @@ _KEY_CHARS = re.compile(r"[^-._a-zA-Z0-9]")
 def calibration_key(r: Mapping[str, Any]) -> str:
     """A record's layout as a ConfigMap data key (letters, digits, ``-._`` only)."""
     raw = (f"{r['model']}.{r['gpu']}.tp{r['tensorParallelSize']}.{r['quantization']}.kv-{r['kvCacheDtype']}"
-           f".vllm-{r['vllmRelease']}")
+           f".vllm-{r['vllmRelease']}.args-{r.get('engineArgs', '')}")
     return _KEY_CHARS.sub("_", raw)
+
+
+def engine_args_key(spec: LLMDeploymentSpec) -> str:
+    """What else changes the KV memory vLLM finds: extra engine arguments (speculative decoding, eager
+    mode, CPU offload, LoRA) and an architecture override. A measurement speaks for the same only."""
+    raw = json.dumps([spec.vllm.extra_args, spec.model.architecture or {}], sort_keys=True, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:10]
 
 
 def observation(metrics: Mapping[str, ReplicaMetrics], pods: list[dict[str, Any]],
@@ -62,7 +72,8 @@ def measure(spec: LLMDeploymentSpec, plan: Mapping[str, Any], catalog: GPUCatalo
     measured = round(blocks * block_size * est.block_bytes / est.block_size)
     return {"model": spec.model.name, "gpu": plan["gpu"], "tensorParallelSize": int(plan["tensorParallelSize"]),
             "quantization": plan["quantization"], "kvCacheDtype": spec.serving.kv_cache_dtype.value,
-            "vllmRelease": sizing_release(spec.vllm.image), "predictedBlocks": est.num_blocks,
+            "vllmRelease": sizing_release(spec.vllm.image), "engineArgs": engine_args_key(spec),
+            "predictedBlocks": est.num_blocks,
             "measuredBlocks": blocks, "blockSize": block_size, "unaccountedBytes": est.kv_cache_bytes - measured,
             "pod": pod, "time": now}
 
@@ -93,10 +104,12 @@ def measured_bytes(records: list[dict[str, Any]], spec: LLMDeploymentSpec) -> di
     """Per layout (``planner.layout_key``), the unaccounted memory per GPU measured for this spec's model,
     KV dtype and vLLM release; the first record of a layout wins (the object's own before shared ones)."""
     release, kv_dtype = sizing_release(spec.vllm.image), spec.serving.kv_cache_dtype.value
+    args = engine_args_key(spec)
     out: dict[str, int] = {}
     for r in records:
         try:
-            if r["model"] != spec.model.name or r["kvCacheDtype"] != kv_dtype or r["vllmRelease"] != release:
+            if r["model"] != spec.model.name or r["kvCacheDtype"] != kv_dtype or r["vllmRelease"] != release \
+                    or r.get("engineArgs", args) != args:
                 continue
             key = layout_key(str(r["gpu"]), int(r["tensorParallelSize"]), Quantization(r["quantization"]))
             out.setdefault(key, int(r["unaccountedBytes"]))

@@ -348,7 +348,8 @@ class EstimatorCheck(_Model):
 # the CRD's descriptions)
 class StartupFailureRecord(_Model):
     time: str
-    spec_hash: str = Field(alias="specHash", description="The spec it failed under; a spec change forgets it.")
+    spec_hash: str = Field(alias="specHash", description=(
+        "The spec it failed under: only failures of the current spec count."))
     plan_hash: str = Field(alias="planHash")
     gpu: str
     tensor_parallel_size: int = Field(alias="tensorParallelSize")
@@ -372,6 +373,8 @@ class CalibrationRecord(_Model):
     quantization: str
     kv_cache_dtype: str = Field(alias="kvCacheDtype")
     vllm_release: str = Field(alias="vllmRelease", description="Release line of the image that ran it.")
+    engine_args: str = Field(default="", alias="engineArgs", description=(
+        "Hash of spec.vllm.extraArgs and spec.model.architecture: a measurement applies to the same only."))
     predicted_blocks: int = Field(alias="predictedBlocks", description="The estimate, nothing measured applied.")
     measured_blocks: int = Field(alias="measuredBlocks", description="num_gpu_blocks the replica reported.")
     block_size: int = Field(alias="blockSize", description="Tokens per block, as the replica reported.")
