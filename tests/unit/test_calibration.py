@@ -66,7 +66,10 @@ def test_a_wrong_overhead_is_corrected_by_the_first_replicas_blocks(extra_gib: f
     assert abs(got - plan["kvCacheBlocks"]) > 100  # the estimate is off by far more than the tolerance
     status = calibrated(spec, status, got)
     rec = reconcile("m", "ns", "u", 1, spec, status, NODES, CAT, at(101), children=dict(status["children"]))
-    assert not rec.plan_changed  # the fleet stays where it is
+    assert not rec.plan_changed and not rec.apply  # the fleet stays where it is: nothing is rendered again
+    # (a fixed-size fleet is scaled to what the measured capacity needs, without a new template)
+    assert rec.scale == (rec.status["plan"]["replicasForTarget"] if rec.status["plan"]["replicasForTarget"]
+                         != status.get("desiredReplicas") else None)
     again = rec.status["plan"]
     assert abs(again["kvCacheBlocks"] - got) <= 1 and again["kvCacheMeasured"] is True
     assert (again["gpu"], again["tensorParallelSize"]) == (plan["gpu"], plan["tensorParallelSize"])

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..estimator.gpus import GPUCatalog
-from ..estimator.planner import GPUOption
+from ..estimator.planner import GPUOption, Plan
 from . import conditions as c
 from .calibration import measured_bytes
 from .engine_args import conflicting_args
@@ -175,9 +175,19 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     # estimate, waits for the next spec change instead of re-applying every fleet)
     calibrated = not out.plan_changed and bool(current) and not failed and recorded_plan != current and \
         (p.measured or bool(current.get("kvCacheMeasured")))
-    unchanged = not out.plan_changed and status.get("observedGeneration") == generation and not drifted \
-        and not calibrated
+    unchanged = not out.plan_changed and status.get("observedGeneration") == generation and not drifted
     replicas = desired_replicas(spec, p)
+    if unchanged and calibrated:
+        # the plan's figures follow the measurement, and a fixed-size fleet's count with them; nothing is
+        # rendered again (a render would also re-choose the rollout strategy from today's free GPUs)
+        out.status = {"plan": recorded_plan, "rejected": rejected(outcome.result),
+                      "alternatives": [a.model_dump(by_alias=True) for a in alternatives(outcome.result)]}
+        if replicas != status.get("desiredReplicas"):
+            out.scale = replicas
+            out.status["desiredReplicas"] = replicas
+        if current.get("kvCacheBlocks") != p.memory.num_blocks:
+            out.events.append(_calibrated_event(p, current))
+        return out
     if unchanged:
         return out
     out.apply = render(name, namespace, uid, spec, p, catalog, h, replicas,
@@ -198,16 +208,19 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
         measured_note = " (KV cache as a live replica of this layout allocated it)" if p.measured else ""
         out.events.append(Event("Normal", "Planned", outcome.message + measured_note))
     elif calibrated and current.get("kvCacheBlocks") != p.memory.num_blocks:
-        out.events.append(Event("Normal", "Calibrated", f"{p.gpu} x{p.tensor_parallel_size}: KV cache "
-                                f"{p.memory.num_blocks:,} blocks ({p.memory.kv_cache_tokens:,} tokens) as "
-                                f"{'measured on a live replica' if p.measured else 'estimated'}, was "
-                                f"{int(current.get('kvCacheBlocks') or 0):,}; {p.replicas} replica(s) for the "
-                                "target"))
+        out.events.append(_calibrated_event(p, current))
     elif drifted and recorded and children is not None:
         lost = sorted(k for k, v in recorded.items() if children.get(k) != v)
         out.events.append(Event("Warning", "ChildRestored", f"{', '.join(lost)} deleted or changed by another "
                                 "client: applied again"))
     return out
+
+
+def _calibrated_event(p: Plan, current: dict[str, Any]) -> Event:
+    return Event("Normal", "Calibrated", f"{p.gpu} x{p.tensor_parallel_size}: KV cache {p.memory.num_blocks:,} "
+                 f"blocks ({p.memory.kv_cache_tokens:,} tokens) as "
+                 f"{'measured on a live replica' if p.measured else 'estimated'}, was "
+                 f"{int(current.get('kvCacheBlocks') or 0):,}; {p.replicas} replica(s) for the target")
 
 
 def deployment_progress(body: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bool | str, str, str]]]:
