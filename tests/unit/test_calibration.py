@@ -67,9 +67,15 @@ def test_a_wrong_overhead_is_corrected_by_the_first_replicas_blocks(extra_gib: f
     status = calibrated(spec, status, got)
     rec = reconcile("m", "ns", "u", 1, spec, status, NODES, CAT, at(101), children=dict(status["children"]))
     assert not rec.plan_changed and not rec.apply  # the fleet stays where it is: nothing is rendered again
-    # (a fixed-size fleet is scaled to what the measured capacity needs, without a new template)
-    assert rec.scale == (rec.status["plan"]["replicasForTarget"] if rec.status["plan"]["replicasForTarget"]
-                         != status.get("desiredReplicas") else None)
+    assert rec.scale is None  # autoscaled (the default): the autoscaler owns the count
+    # a fixed-size fleet is scaled to what the measured capacity needs, without a new template
+    fixed = {**spec, "autoscaling": {"enabled": False}}
+    before = first_plan(fixed)
+    after_measure = calibrated(fixed, before, got)
+    scaled = reconcile("m", "ns", "u", 1, fixed, after_measure, NODES, CAT, at(101),
+                       children=dict(before["children"]))
+    need = scaled.status["plan"]["replicasForTarget"]
+    assert not scaled.apply and scaled.scale == (need if need != before["desiredReplicas"] else None)
     again = rec.status["plan"]
     assert abs(again["kvCacheBlocks"] - got) <= 1 and again["kvCacheMeasured"] is True
     assert (again["gpu"], again["tensorParallelSize"]) == (plan["gpu"], plan["tensorParallelSize"])
