@@ -24,6 +24,7 @@ from .memory import ServingConfig, estimate
 from .model_spec import FFN, Mixer, ModelSpec
 from .params import count_params
 from .training_activations import (
+    FP32,
     Regime,
     autocast_weight_copies,
     layer_bytes_per_token,
@@ -84,7 +85,6 @@ class Rollout(StrEnum):
     SEPARATE = "separate"  # vLLM on GPUs of its own
 
 
-FP32 = 4
 #: bitsandbytes' 8-bit optimizers keep tensors smaller than this in 32 bits (``min_8bit_size``)
 ADAM8BIT_MIN_SIZE = 4096
 #: and quantize the rest blockwise, one fp32 absmax per block of this many values (``blocksize``)

@@ -833,10 +833,6 @@ def _estimated_blocks(status: dict[str, Any]) -> int | None:
                  if (r.get("gpu"), r.get("tensorParallelSize"), r.get("quantization")) == layout), None)
 
 
-def _namespace_of(pods: list[dict[str, Any]], name: str) -> str:
-    return str(next(p["metadata"]["namespace"] for p in pods if p["metadata"]["name"] == name))
-
-
 def _log_head(api: client.ApiClient, ns: str, pod: str) -> str | None:
     """The start of a running vLLM container's log, where it states its memory (None when unreadable)."""
     try:
@@ -910,9 +906,9 @@ def _calibration(api: client.ApiClient, key: tuple[str, str], spec: LLMDeploymen
     except (EstimatorError, ValueError, KeyError) as exc:  # the plan's layout no longer estimates: nothing to learn
         log.warning("no calibration from %s: %s", seen[0], exc)
         return None
-    if STATE.settings.read_pod_logs and updated(list(status.get("calibration") or []), record) is not None:
-        record |= startup_report(_log_head(api, _namespace_of(pods, seen[0]), seen[0]))
     learned = updated(list(status.get("calibration") or []), record)
+    if learned is not None and STATE.settings.read_pod_logs:  # ``record`` is the last of ``learned``
+        record |= startup_report(_log_head(api, key[0], seen[0]))
     if learned is not None and STATE.shared is not None:
         try:
             STATE.shared.add(api, record)
