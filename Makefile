@@ -55,7 +55,7 @@ test-unit: venv
 
 ## Everything: lint, types, unit, real control plane, real vLLM, real Prometheus.
 test: venv binaries vllm-env system-deps images lint typecheck
-	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q --durations=25 $(PYTEST_ARGS)
 
 ## Regenerate what is generated: the CRD (top level and chart copy) and the kustomize base.
 crds: venv

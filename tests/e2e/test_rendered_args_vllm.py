@@ -39,7 +39,9 @@ for case in json.load(sys.stdin):
         ns = make_arg_parser(FlexibleArgumentParser()).parse_args(case["args"])
         validate_parsed_serve_args(ns)
         ea = AsyncEngineArgs.from_cli_args(ns)
-        r = {"ok": True, "tp": ea.tensor_parallel_size, "block": ea.block_size, "seqs": ea.max_num_seqs,
+        r = {"ok": True, "tp": ea.tensor_parallel_size, "pp": ea.pipeline_parallel_size, "nnodes": ea.nnodes,
+             "node_rank": ea.node_rank, "master": [ea.master_addr, ea.master_port],
+             "headless": bool(getattr(ns, "headless", False)), "block": ea.block_size, "seqs": ea.max_num_seqs,
              "batched": ea.max_num_batched_tokens, "prefix": ea.enable_prefix_caching,
              "load_format": str(ea.load_format), "shutdown": ea.shutdown_timeout}
         if case.get("engine_config"):
@@ -65,6 +67,25 @@ def rendered_args(raw: dict[str, Any], fleet: tuple[NodePool, ...] = DEFAULT_FLE
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["vllm", "serve"]
     return list(container["args"])
+
+
+def group_args(raw: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The leader's and a worker's command lines of a multi-node plan (4 nodes of 8xH100), with what
+    Kubernetes substitutes from the env LeaderWorkerSet injects."""
+    spec = LLMDeploymentSpec.model_validate(raw)
+    nodes = fleet_manifests((NodePool(gpu="H100-80GB", nodes=4, gpus_per_node=8),))
+    for n in nodes:
+        n["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    outcome = decide_plan(spec, gpu_options(nodes, CAT), CAT)
+    assert outcome.plan is not None and outcome.plan.multi_node, outcome.message
+    lws = render("m", "ns", "uid", spec, outcome.plan, CAT, "h", 1)[0]
+    env = {"$(LWS_LEADER_ADDRESS)": "m-lws-0.m-lws.ns", "$(LWS_WORKER_INDEX)": "1"}
+    out = []
+    for role in ("leaderTemplate", "workerTemplate"):
+        (container,) = lws["spec"]["leaderWorkerTemplate"][role]["spec"]["containers"]
+        assert container["command"] == ["vllm", "serve"]
+        out.append([env.get(a, a) for a in container["args"]])
+    return out[0], out[1]
 
 
 def parse(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -109,6 +130,18 @@ def test_vllm_parses_every_rendered_command_line(tmp_path: Path) -> None:
     assert t["shutdown"] == 120
     # what vLLM settles on after reconciling its config is what kvscale planned
     assert t["engine"] == {"block": 128, "seqs": t["seqs"], "batched": t["batched"], "max_len": 2048}
+
+
+def test_vllm_parses_the_leader_and_worker_command_lines_of_a_group() -> None:
+    """DeepSeek-R1 on 8xH100 nodes: TP8 x PP2 over two nodes, vLLM's own multi-node arguments."""
+    leader, worker = group_args({"model": {"name": "deepseek-ai/DeepSeek-R1"},
+                                 "serving": {"maxModelLen": 16384, "targetConcurrency": 8}})
+    got = dict(zip(("leader", "worker"), parse([{"args": leader}, {"args": worker}]), strict=True))
+    for role, r in got.items():
+        assert r["ok"], f"{role}: vLLM refused the rendered arguments: {r.get('error')}"
+        assert (r["tp"], r["pp"], r["nnodes"], r["master"]) == (8, 2, 2, ["m-lws-0.m-lws.ns", 29501])
+    assert (got["leader"]["node_rank"], got["leader"]["headless"]) == (0, False)
+    assert (got["worker"]["node_rank"], got["worker"]["headless"]) == (1, True)
 
 
 def test_vllm_refuses_what_kvscale_must_not_render() -> None:

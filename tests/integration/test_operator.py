@@ -14,7 +14,7 @@ from kubernetes.client.rest import ApiException
 
 from kvscale.estimator.catalog import resolve_model
 from kvscale.estimator.gpus import default_catalog
-from kvscale.estimator.planner import GPUOption, PlanRequest, plan
+from kvscale.estimator.planner import GPUOption, LatencySLO, LoadTarget, PlanRequest, plan
 from kvscale.operator.resource import GROUP, PLURAL, VERSION
 from kvscale.testing import waiting
 from kvscale.testing.cluster import LocalCluster
@@ -166,6 +166,17 @@ def test_delete_garbage_collects_children(api, namespace: str, operator) -> None
         ({"model": {"uri": "s3://bucket/m", "cache": {"create": True}}}, "s3:// and gs:// weights are streamed"),
         ({"model": {"cache": {"create": True, "size": "lots"}}}, "spec.model.cache.size"),
         ({"vllm": {"drainSeconds": -5}}, "spec.vllm.drainSeconds"),
+        ({"serving": {"maxModelLen": 4096, "slo": {"concurrency": 8, "meanInputTokens": 100, "meanOutputTokens": 50}}},
+         "serving.slo needs ttftSeconds, tpotMilliseconds or both"),
+        ({"serving": {"maxModelLen": 4096, "slo": {"tpotMilliseconds": 50, "concurrency": 8, "requestsPerSecond": 2,
+                                                   "meanInputTokens": 100, "meanOutputTokens": 50}}},
+         "serving.slo needs the load as exactly one of requestsPerSecond and concurrency"),
+        ({"serving": {"maxModelLen": 4096, "slo": {"tpotMilliseconds": 50, "percentile": 100, "concurrency": 8,
+                                                   "meanInputTokens": 100, "meanOutputTokens": 50}}},
+         "spec.serving.slo.percentile"),
+        ({"serving": {"maxModelLen": 4096, "slo": {"tpotMilliseconds": 50, "concurrency": 8, "meanInputTokens": 4000,
+                                                   "meanOutputTokens": 500}}},
+         "serving.slo: meanInputTokens + meanOutputTokens must fit maxModelLen"),
     ],
 )
 def test_invalid_objects_are_rejected_at_admission(api, namespace: str, crd_installed: None,  # type: ignore[no-untyped-def]
@@ -393,3 +404,38 @@ def test_a_child_the_api_server_refuses_becomes_a_condition_not_a_retry_loop(  #
     assert (cond["status"], cond["reason"]) == ("False", "RenderRejected") and "nodeSelector" in cond["message"]
     time.sleep(6)
     assert [e.reason for e in events_for(api, namespace, "refused")].count("RenderRejected") == 1
+
+
+def test_an_slo_is_planned_for_and_its_predicted_latencies_are_in_status(api, namespace: str, operator) -> None:  # type: ignore[no-untyped-def]
+    """The same model and load: holding 32 sequences in memory alone, then with a TPOT target; the SLO plan is
+    the planner's for the kwok fleet and reports latencies within the targets; an unattainable SLO says why."""
+    load = {"concurrency": 32, "meanInputTokens": 1000, "meanOutputTokens": 300}
+    slo = {"ttftSeconds": 2, "tpotMilliseconds": 30, **load}
+    gpus = ["H100-80GB", "A100-80GB", "L4"]
+    create(api, namespace, llmd("fast", model="google/gemma-3-27b-it", max_len=8192, gpus=gpus,
+                                serving={"maxModelLen": 8192, "slo": slo}))
+    obj = wait_for(lambda: (o := get(api, namespace, "fast")).get("status", {}).get("plan") and o,
+                   what="plan in status")
+    p = obj["status"]["plan"]
+    assert p["tpotMs"] <= 30 and p["ttftMs"] <= 2000
+    cat = default_catalog()
+    per_node, nodes = {"H100-80GB": 8, "A100-80GB": 8, "L4": 1}, {"H100-80GB": 2, "A100-80GB": 2, "L4": 4}
+    opts = tuple(GPUOption(gpu=cat.get(g), gpus_per_node=per_node[g], nodes=nodes[g]) for g in sorted(gpus))
+    want = plan(resolve_model("google/gemma-3-27b-it"), PlanRequest(
+        max_model_len=8192, options=opts, load=LoadTarget(concurrency=32, mean_input_tokens=1000,
+                                                          mean_output_tokens=300),
+        slo=LatencySLO(ttft_seconds=2, tpot_milliseconds=30))).best
+    assert want is not None
+    assert (p["gpu"], p["tensorParallelSize"], p["replicasForTarget"]) == (
+        want.gpu, want.tensor_parallel_size, want.replicas)
+    assert condition(obj, "Planned")["status"] == "True"
+
+    create(api, namespace, llmd("impossible", model="google/gemma-3-27b-it", max_len=8192, gpus=gpus,
+                                serving={"maxModelLen": 8192, "slo": {**slo, "tpotMilliseconds": 1}}))
+    obj = wait_for(lambda: (o := get(api, namespace, "impossible")) and condition(o, "Planned") and o,
+                   what="Planned condition")
+    cond = condition(obj, "Planned")
+    assert cond["status"] == "False" and cond["reason"] == "SLOUnattainable"
+    assert re.search(r"p99 TPOT [\d.]+ ms > 1 ms", cond["message"]), cond["message"]
+    assert not [d for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items
+                if d.metadata.name == "impossible"]

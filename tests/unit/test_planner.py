@@ -3,6 +3,7 @@ import pytest
 
 from kvscale.estimator.catalog import resolve_model
 from kvscale.estimator.gpus import default_catalog
+from kvscale.estimator.memory import ServingConfig, estimate
 from kvscale.estimator.planner import GPUOption, LoadTarget, PlanRequest, Preference, plan
 from kvscale.estimator.quantization import Quantization
 
@@ -15,7 +16,8 @@ def opts(*names: str, per_node: int = 8) -> tuple[GPUOption, ...]:
 
 def test_70b_on_h100_or_l4_picks_h100_with_required_tp() -> None:
     spec = resolve_model("meta-llama/Llama-3.1-70B-Instruct")
-    result = plan(spec, PlanRequest(max_model_len=8192, concurrency=16, options=opts("H100-80GB", "L4")))
+    result = plan(spec, PlanRequest(max_model_len=8192, concurrency=16, options=opts("H100-80GB", "L4"),
+                                    max_nodes_per_replica=1))
     best = result.best
     assert best is not None and best.gpu == "H100-80GB"
     # 131 GiB of bf16 weights cannot fit TP1; the smallest feasible TP is chosen at equal cost per token
@@ -62,7 +64,12 @@ def test_every_option_is_either_planned_or_rejected_with_a_reason() -> None:
     req = PlanRequest(max_model_len=8192, concurrency=8, options=opts("L4", "A100-80GB"),
                       quantizations=(Quantization.AUTO, Quantization.FP8))
     result = plan(spec, req)
-    assert len(result.plans) + len(result.rejections) == 2 * 5 * 2
+    # 2 GPU types x 5 TP degrees x 2 formats in one node; fp8 fits no A100 node (no fp8 support), so it is
+    # tried again over 2, 3 and 4 nodes
+    assert len(result.plans) + len(result.rejections) == 2 * 5 * 2 + 3
+    spanning = [r for r in result.rejections if r.pipeline_parallel_size > 1]
+    assert [(r.gpu, r.quantization, r.pipeline_parallel_size) for r in spanning] == \
+        [("A100-80GB", "fp8", n) for n in (2, 3, 4)]
     assert all(r.reason for r in result.rejections)
     assert any("no fp8 support" in r.reason for r in result.rejections if r.gpu == "A100-80GB")
 
@@ -84,10 +91,60 @@ def test_nothing_fits_explains_with_numbers() -> None:
 def test_the_infeasible_summary_names_the_largest_replica_tried() -> None:
     """DeepSeek-R1 on 8xH100 and 8xA100 nodes: 8 GPUs of 80 GB were tried, not 1 L4."""
     spec = resolve_model("deepseek-ai/DeepSeek-R1")
-    result = plan(spec, PlanRequest(max_model_len=16384, concurrency=8,
+    result = plan(spec, PlanRequest(max_model_len=16384, concurrency=8, max_nodes_per_replica=1,
                                     options=(*opts("H100-80GB", per_node=8), *opts("A100-80GB", per_node=8))))
     assert result.best is None
-    assert "largest tried 8x " in result.explain_infeasible()
+    message = result.explain_infeasible()
+    assert "largest tried 8x " in message
+    # and the smallest layout that would hold it, per GPU type: two nodes (fp8 weights: 626.8 GiB > 8 x 72.8)
+    assert "needs 2 nodes of 8x H100-80GB (TP8xPP2, fp8) or 2 nodes of 8x A100-80GB (TP8xPP2, fp8)" in message
+
+
+def test_a_model_larger_than_a_node_spans_whole_nodes_one_stage_per_node() -> None:
+    """DeepSeek-R1 (fp8, 671 B) on 8xH100 nodes: TP8 within a node, PP2 across two, billed as 16 GPUs."""
+    spec = resolve_model("deepseek-ai/DeepSeek-R1")
+    result = plan(spec, PlanRequest(max_model_len=16384, concurrency=8, options=opts("H100-80GB", per_node=8)))
+    best = result.best
+    assert best is not None
+    assert (best.tensor_parallel_size, best.pipeline_parallel_size, best.nodes_per_replica) == (8, 2, 2)
+    price = CAT.get("H100-80GB").price_per_hour
+    assert best.gpus_per_replica == 16 and best.cost_per_hour == best.replicas * 16 * price
+    assert "400 Gb/s between 2 nodes" in best.interconnect and "nvlink 900 GB/s" in best.interconnect
+    # the busiest stage holds 31 of 61 layers (vLLM gives the extra layer to the first stage) and the embedding
+    one_stage = estimate(spec, CAT.get("H100-80GB"), ServingConfig(tensor_parallel_size=8, max_model_len=16384))
+    assert 0.5 < best.memory.weights_bytes / one_stage.weights_bytes < 31 / 61 + 0.01
+    # the hand-off between stages is charged: a token crosses the link once per step
+    one_node = next(p for p in plan(spec, PlanRequest(max_model_len=16384, concurrency=8,
+                                                      options=opts("H200", per_node=8))).plans)
+    assert one_node.nodes_per_replica == 1 and one_node.pipeline_parallel_size == 1
+    assert one_node.interconnect == "nvlink 900 GB/s"
+
+
+def test_replicas_span_nodes_only_when_no_single_node_holds_the_model() -> None:
+    spec = resolve_model("meta-llama/Llama-3.1-8B-Instruct")
+    result = plan(spec, PlanRequest(max_model_len=8192, concurrency=64, options=opts("L4", per_node=1)))
+    assert result.plans and all(p.nodes_per_replica == 1 for p in result.plans)
+    assert not any(r.pipeline_parallel_size > 1 for r in result.rejections)
+
+
+def test_spanning_nodes_is_refused_with_the_reason_where_the_cluster_cannot_run_it() -> None:
+    spec = resolve_model("deepseek-ai/DeepSeek-R1")
+    why = "the cluster does not serve leaderworkerset.x-k8s.io/v1"
+    result = plan(spec, PlanRequest(max_model_len=16384, concurrency=8, options=opts("H100-80GB", per_node=8),
+                                    multi_node_unavailable=why))
+    assert result.best is None
+    spanning = [r for r in result.rejections if r.pipeline_parallel_size > 1]
+    assert len(spanning) == 3 and all(why in r.reason and "needs" in r.reason for r in spanning)
+    assert "needs 2 nodes of 8x H100-80GB (TP8xPP2, fp8)" in result.explain_infeasible()
+
+
+def test_a_cluster_with_too_few_nodes_for_a_spanning_replica_says_how_many() -> None:
+    spec = resolve_model("deepseek-ai/DeepSeek-R1")
+    opt = GPUOption(gpu=CAT.get("H100-80GB"), gpus_per_node=8, nodes=3)
+    result = plan(spec, PlanRequest(max_model_len=16384, concurrency=120, options=(opt,), max_nodes_per_replica=2))
+    assert result.best is None
+    pp2 = next(r for r in result.rejections if r.pipeline_parallel_size == 2)
+    assert "x 2 nodes =" in pp2.reason and "the cluster has 3" in pp2.reason
 
 
 def test_prefer_quality_keeps_bf16_when_it_fits() -> None:

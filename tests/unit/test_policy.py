@@ -322,3 +322,17 @@ def test_activation_brings_zero_back_and_keeps_the_last_replica_while_there_is_d
     assert activate(idle, None, 0.0, 0).desired == 1
     busy = Decision(True, 2, 3, "scale up 2 -> 3")
     assert activate(busy, 0.0, 0.0, 0) == busy
+
+
+def test_a_starting_replica_is_kept_while_the_ready_ones_are_all_needed() -> None:
+    # a queue asked for a second replica; it is admitted and the cache dips under target before the
+    # new one is Ready: removing it would throw its cold start away and pay it again moments later
+    spec = PolicySpec(min_replicas=1, max_replicas=4, target_kv=0.5, scale_down_window_s=45, panic_window_s=45)
+    starting = [snap(0, 1, [0.2], waiting=10), snap(12, 1, [0.2], waiting=10)]
+    starting += [snap(t, 2, [0.3 + t / 1000], pending=1) for t in range(15, 121, 5)]
+    ds = run(starting, spec)
+    assert ds[1].desired == 2 and all(d.desired == 2 for d in ds[2:])
+    assert "starting and all 1 ready ones needed" in ds[-1].reason
+    # once the ready replicas alone are more than enough (load gone), the starting one goes
+    idle = run([*starting, *(snap(t, 2, [0.0], pending=1) for t in range(125, 200, 5))], spec)
+    assert idle[-1].desired == 1

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
 
 from kvscale.autoscaler.policy import PolicySpec
+from kvscale.estimator.performance import StepCost
 from kvscale.sim.cluster import ClusterSim, KVScalePolicy, KVThresholdPolicy, QueueLengthPolicy, StaticPolicy
 from kvscale.sim.engine import Replica, ReplicaModel, Seq
 from kvscale.sim.evaluate import SLO, Scenario, evaluate, report
 from kvscale.sim.traces import Request, load_trace
 
 MODEL = ReplicaModel(kv_blocks=200, block_size=16, max_num_seqs=64, max_batched_tokens=2048,
-                     weights_bytes=16e9, kv_bytes_per_token=131072, bandwidth=2.5e11, flops=6e13,
-                     flops_per_token=1.6e10)
+                     cost=StepCost(dense_weight_bytes=16e9, kv_bytes_per_token=131072, bandwidth=2.5e11, flops=6e13,
+                                   flops_per_token=1.6e10, step_overhead_s=0.003))
 
 
 def run_replica(seqs: list[Seq], until: float = 3600, model: ReplicaModel = MODEL) -> Replica:
@@ -147,7 +149,8 @@ def test_trace_loaders(tmp_path) -> None:  # type: ignore[no-untyped-def]
 def test_fleet_sweep_sizes_static_and_oracle_from_replays() -> None:
     from kvscale.sim.evaluate import sweep_fleets
 
-    small = ReplicaModel(**{**MODEL.__dict__, "kv_blocks": 300, "bandwidth": 2.5e12, "flops": 4e14})
+    small = ReplicaModel(**{**MODEL.__dict__, "kv_blocks": 300,
+                            "cost": dataclasses.replace(MODEL.cost, bandwidth=2.5e12, flops=4e14)})
     reqs = trace(lambda t: 6.0 if 300 <= t < 600 else 1.0, 900)
     slo = SLO()
     sweep = sweep_fleets(reqs, small, 1, slo, max_replicas=12)

@@ -8,7 +8,7 @@ the count never drops below what recent load needed and never reverses inside a 
 Panic mode (a burst that needs at least twice the replicas, or a nearly full cache with a
 queue) scales up at once and forbids scale-down for a stable window. Bursts shorter than a
 cold start cannot be chased; once they recur, the capacity they needed is the forecast and is
-kept. Missing data holds.
+kept. Replicas still starting are not removed while the ready ones are all needed. Missing data holds.
 """
 
 from __future__ import annotations
@@ -271,6 +271,12 @@ def decide(snap: Snapshot, state: PolicyState, spec: PolicySpec) -> tuple[Policy
             limited += "; not adding more"
         elif desired < up:
             limited = f"step limited to +{spec.max_scale_up_step}"
+    elif down < current and snap.pending and down >= n:
+        # the starting replicas were asked for by load they have not yet been measured against (a queue
+        # admitted meanwhile grows its KV as it decodes): while every ready replica is still needed,
+        # removing one before it serves throws its cold start away and the next scale-up pays it again
+        desired = current
+        reasons.append(f"{snap.pending} replica(s) starting and all {n} ready ones needed -> no scale-down yet")
     elif down < current and unmeasured:
         desired = current
         reasons.append(f"queue times on {n} replicas from {fresh:.0f} of {spec.min_queue_samples} requests "

@@ -22,11 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .cluster_commands import add_cluster_commands
     from .estimator_commands import add_estimator_commands
     from .operator_commands import add_operator_commands
+    from .perf_commands import add_perf_command
     from .sim_commands import add_sim_commands
 
     parser = Parser(prog="kvscale", description="Memory-aware LLM autoscaling for Kubernetes")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_estimator_commands(sub)
+    add_perf_command(sub)
     add_operator_commands(sub)
     add_sim_commands(sub)
     add_cluster_commands(sub)

@@ -10,25 +10,28 @@ from rich.console import Console
 from rich.table import Table
 
 from ..estimator.catalog import catalog_ids, resolve_model
-from ..estimator.gpus import GIB, GPUType, custom_gpu, load_catalog
+from ..estimator.gpus import GIB, load_catalog
 from ..estimator.memory import ServingConfig, estimate
-from ..estimator.planner import GPUOption, LoadTarget, PlanRequest, Preference, plan
+from ..estimator.performance import DEFAULT_INTER_NODE_GBITS
+from ..estimator.planner import (
+    DEFAULT_MAX_NODES_PER_REPLICA,
+    GPUOption,
+    LatencySLO,
+    LoadTarget,
+    PlanRequest,
+    Preference,
+    plan,
+)
 from ..estimator.quantization import Quantization
-from .args import add_model_args, positive_float, positive_int, quant
+from .args import add_model_args, add_replica_args, percentile, positive_float, positive_int, quant, replica_gpu
+from .errors import UsageError
 from .training_commands import SERVE, add_training_args, cmd_estimate_training, cmd_plan_training
 
 
 def add_estimator_commands(sub: Any) -> None:
     est = sub.add_parser("estimate", help="predict what vLLM reports at start-up for one replica")
     add_model_args(est)
-    gpu = est.add_mutually_exclusive_group()
-    gpu.add_argument("--gpu", default=None, help="GPU type from the catalog (default H100-80GB)")
-    gpu.add_argument("--gpu-memory-gib", type=positive_float("--gpu-memory-gib"),
-                     help="total memory vLLM sees, for a card not in the catalog")
-    est.add_argument("--tp", type=positive_int("--tp"), default=1, help="tensor-parallel size")
-    est.add_argument("--pp", type=positive_int("--pp"), default=1, help="pipeline-parallel size")
-    est.add_argument("--quantization", type=quant, default=Quantization.AUTO)
-    est.add_argument("--max-num-seqs", type=positive_int("--max-num-seqs"))
+    add_replica_args(est)
     est.add_argument("--enforce-eager", action="store_true")
     add_training_args(est, with_gpus=True)
     est.set_defaults(func=cmd_estimate)
@@ -38,13 +41,26 @@ def add_estimator_commands(sub: Any) -> None:
     target = pl.add_mutually_exclusive_group()
     target.add_argument("--concurrency", type=positive_int("--concurrency"),
                         help="sequences of max-model-len to hold at once, in total")
-    target.add_argument("--requests-per-second", type=positive_float("--requests-per-second"))
+    target.add_argument("--requests-per-second", type=positive_float("--requests-per-second"),
+                        help="load: Poisson arrivals of mean-input/mean-output token requests")
+    target.add_argument("--clients", type=positive_int("--clients"),
+                        help="load: clients that each send their next request when the last is answered")
     pl.add_argument("--mean-input-tokens", type=positive_int("--mean-input-tokens"), default=1024)
     pl.add_argument("--mean-output-tokens", type=positive_int("--mean-output-tokens"), default=256)
+    pl.add_argument("--ttft", type=positive_float("--ttft"),
+                    help="SLO: time to first token, seconds, at --percentile (needs a load)")
+    pl.add_argument("--tpot", type=positive_float("--tpot"),
+                    help="SLO: time per output token, milliseconds, at --percentile (needs a load)")
+    pl.add_argument("--percentile", type=percentile, default=99.0, help="of the SLO, over requests (default 99)")
     pl.add_argument("--gpus", nargs="+", help="allowed GPU types, optionally NAME:GPUS_PER_NODE (default: all)")
     pl.add_argument("--quantizations", nargs="+", type=quant, default=[Quantization.AUTO])
     pl.add_argument("--max-gpus-per-replica", type=positive_int("--max-gpus-per-replica"), default=8)
     pl.add_argument("--tp", type=positive_int("--tp"), help="fix the tensor-parallel size")
+    pl.add_argument("--max-nodes-per-replica", type=positive_int("--max-nodes-per-replica"),
+                    default=DEFAULT_MAX_NODES_PER_REPLICA,
+                    help="nodes one replica may span, a pipeline stage per node (1: single-node replicas only)")
+    pl.add_argument("--inter-node-gbits", type=positive_float("--inter-node-gbits"), default=DEFAULT_INTER_NODE_GBITS,
+                    help="bandwidth of the link between nodes, Gb/s per node")
     pl.add_argument("--prefer", choices=[p.value for p in Preference], default=Preference.COST.value)
     pl.add_argument("--show-rejections", action="store_true")
     add_training_args(pl, with_gpus=False)
@@ -57,17 +73,11 @@ def add_estimator_commands(sub: Any) -> None:
     gpus.set_defaults(func=cmd_gpus)
 
 
-def _gpu(args: argparse.Namespace) -> GPUType:
-    if args.gpu_memory_gib is not None:
-        return custom_gpu(args.gpu_memory_gib)
-    return load_catalog(args.gpu_catalog).get(args.gpu or "H100-80GB")
-
-
 def cmd_estimate(args: argparse.Namespace, console: Console) -> int:
     if args.mode != SERVE:
-        return cmd_estimate_training(args, _gpu(args), console)
+        return cmd_estimate_training(args, replica_gpu(args), console)
     spec = resolve_model(args.model)
-    gpu = _gpu(args)
+    gpu = replica_gpu(args)
     cfg = ServingConfig(
         tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp, quantization=args.quantization,
         kv_cache_dtype=args.kv_cache_dtype, max_model_len=args.max_model_len,
@@ -121,36 +131,49 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         return cmd_plan_training(args, console)
     spec = resolve_model(args.model)
     max_len = args.max_model_len or spec.max_position_embeddings
-    load = None
-    if args.requests_per_second:
-        load = LoadTarget(requests_per_second=args.requests_per_second, mean_input_tokens=args.mean_input_tokens,
-                          mean_output_tokens=args.mean_output_tokens)
+    load = slo = None
+    if args.requests_per_second or args.clients:
+        load = LoadTarget(requests_per_second=args.requests_per_second, concurrency=args.clients,
+                          mean_input_tokens=args.mean_input_tokens, mean_output_tokens=args.mean_output_tokens)
+    if args.ttft or args.tpot:
+        if load is None:
+            raise UsageError("--ttft/--tpot: give the load they hold at (--requests-per-second or --clients)")
+        slo = LatencySLO(ttft_seconds=args.ttft, tpot_milliseconds=args.tpot, percentile=args.percentile)
     req = PlanRequest(
-        max_model_len=max_len, concurrency=args.concurrency if load is None else None, load=load,
+        max_model_len=max_len, concurrency=args.concurrency if load is None else None, load=load, slo=slo,
         options=_options(args), quantizations=tuple(args.quantizations),
         max_gpus_per_replica=args.max_gpus_per_replica, tensor_parallel_size=args.tp,
+        max_nodes_per_replica=args.max_nodes_per_replica, inter_node_gbits=args.inter_node_gbits,
         kv_cache_dtype=args.kv_cache_dtype, gpu_memory_utilization=args.gpu_memory_utilization,
         max_num_batched_tokens=args.max_num_batched_tokens, prefer=Preference(args.prefer))
     result = plan(spec, req)
     if args.output == "json":
         console.print_json(result.model_dump_json())
         return 0 if result.plans else 1
-    t = Table(title=f"Plans for {spec.name}, max_model_len {max_len:,}")
-    for col in ("#", "GPU", "TP", "quant", "replicas", "$/hour", "weights GiB/GPU", "KV tokens/replica",
-                "concurrency", "decode tok/s"):
-        t.add_column(col, justify="right" if col not in ("GPU", "quant") else "left")
+    target = f", {load.describe()}" if load else ""
+    target += f", p{slo.percentile:g} SLO: " + ", ".join(
+        ([f"TTFT <= {slo.ttft_seconds:g} s"] if slo.ttft_seconds else [])
+        + ([f"TPOT <= {slo.tpot_milliseconds:g} ms"] if slo.tpot_milliseconds else [])) if slo else ""
+    t = Table(title=f"Plans for {spec.name}, max_model_len {max_len:,}{target}")
+    p_label = f"p{slo.percentile:g} " if slo else "mean "
+    latency_cols = (f"{p_label}TTFT s", f"{p_label}TPOT ms", "out tok/s/replica") if load else ()
+    cols = ("#", "GPU", "layout", "nodes", "quant", "replicas", "$/hour", "weights GiB/GPU", "KV tokens/replica",
+            "concurrency", *latency_cols, "decode tok/s" if not load else None, "interconnect")
+    for col in filter(None, cols):
+        t.add_column(col, justify="right" if col not in ("GPU", "layout", "quant", "interconnect") else "left")
     for i, p in enumerate(result.plans, 1):
-        t.add_row(str(i), p.gpu, str(p.tensor_parallel_size), p.quantization.value, str(p.replicas),
+        latency = (f"{(p.ttft_ms or 0) / 1000:.2f}", f"{p.tpot_ms or 0:.1f}", f"{p.output_tok_s or 0:,.0f}") \
+            if load else (f"{p.decode_tokens_per_s:,.0f}",)
+        t.add_row(str(i), p.gpu, p.layout, str(p.nodes_per_replica), p.quantization.value, str(p.replicas),
                   f"{p.cost_per_hour:.2f}", f"{p.memory.weights_bytes / GIB:.1f}",
-                  f"{p.memory.kv_cache_tokens:,}", f"{p.concurrency_per_replica:.1f}",
-                  f"{p.decode_tokens_per_s:,.0f}")
+                  f"{p.memory.kv_cache_tokens:,}", f"{p.concurrency_per_replica:.1f}", *latency, p.interconnect)
     console.print(t)
     if args.show_rejections or not result.plans:
         r = Table(title="Rejected options")
-        for col in ("GPU", "TP", "quant", "reason"):
+        for col in ("GPU", "layout", "quant", "reason"):
             r.add_column(col)
         for rej in result.rejections:
-            r.add_row(rej.gpu, str(rej.tensor_parallel_size), rej.quantization, rej.reason)
+            r.add_row(rej.gpu, rej.layout, rej.quantization, rej.reason)
         console.print(r)
     if not result.plans:
         console.print(f"[red]{result.explain_infeasible()}")

@@ -21,7 +21,14 @@ class GPUType(BaseModel):
     memory_gib: float = Field(gt=0)
     bandwidth_gbps: float = Field(gt=0)
     bf16_tflops: float = Field(gt=0)
+    # what measurements reach (stream kernels, large GEMMs); None: the catalog's typical share of the peak
+    achieved_bandwidth_gbps: float | None = Field(default=None, gt=0)
+    achieved_bf16_tflops: float | None = Field(default=None, gt=0)
+    achieved_fp8_tflops: float | None = Field(default=None, gt=0)
     fp8: bool = False
+    # the link between GPUs of one node (tensor parallelism's all-reduces run over it), GB/s per GPU
+    link: str = "pcie"
+    link_gbps: float = Field(default=64.0, gt=0)
     vendor: str = "nvidia"
     resource_name: str = "nvidia.com/gpu"
     product_label_key: str = "nvidia.com/gpu.product"

@@ -94,10 +94,15 @@ def checkpoint_format(spec: ModelSpec) -> Quantization:
     return fmt
 
 
+def resolved(spec: ModelSpec, quant: Quantization) -> Quantization:
+    """The format ``quant`` names for ``spec``: its checkpoint's own for AUTO."""
+    return checkpoint_format(spec) if quant is Quantization.AUTO else quant
+
+
 def weight_format(spec: ModelSpec, quant: Quantization) -> WeightFormat:
     """The format vLLM would load ``spec`` in when asked for ``quant``."""
     own = checkpoint_format(spec)
-    target = own if quant is Quantization.AUTO else quant
+    target = resolved(spec, quant)
     fmt = FORMATS[target]
     if spec.quantization is not None and spec.quantization.method == "fbgemm_fp8" and target is own:
         fmt = fmt.model_copy(update={"attention_16bit": True})

@@ -10,6 +10,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client import ApiException
 
+from .render import LWS_GROUP, LWS_KIND, LWS_PLURAL
 from .resource import GROUP, PLURAL, VERSION
 
 FIELD_MANAGER = "kvscale"
@@ -30,6 +31,9 @@ def server_side_apply(api: client.ApiClient, obj: dict[str, Any]) -> Any:
         return client.PolicyV1Api(api).patch_namespaced_pod_disruption_budget(name, ns, obj, **kw)
     if key == ("v1", "PersistentVolumeClaim"):
         return client.CoreV1Api(api).patch_namespaced_persistent_volume_claim(name, ns, obj, **kw)
+    if key == (f"{LWS_GROUP}/v1", LWS_KIND):
+        return client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            LWS_GROUP, "v1", ns, LWS_PLURAL, name, obj, **kw)
     if key == ("monitoring.coreos.com/v1", "PodMonitor"):
         return client.CustomObjectsApi(api).patch_namespaced_custom_object(
             "monitoring.coreos.com", "v1", ns, "podmonitors", name, obj, **kw)
@@ -63,6 +67,10 @@ def read_child(api: client.ApiClient, namespace: str, key: str) -> dict[str, Any
             obj = client.CustomObjectsApi(api).get_namespaced_custom_object(
                 "monitoring.coreos.com", "v1", namespace, "podmonitors", name)
             return obj if isinstance(obj, dict) else None
+        if kind == LWS_KIND:
+            obj = client.CustomObjectsApi(api).get_namespaced_custom_object(LWS_GROUP, "v1", namespace, LWS_PLURAL,
+                                                                            name)
+            return obj if isinstance(obj, dict) else None
         if kind not in _READERS:
             return None
         group, method = _READERS[kind]
@@ -79,9 +87,53 @@ def owned_by(obj: dict[str, Any], uid: str) -> bool:
     return any(o.get("uid") == uid for o in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
 
-def scale_deployment(api: client.ApiClient, namespace: str, name: str, replicas: int) -> None:
-    client.AppsV1Api(api).patch_namespaced_deployment_scale(
-        name, namespace, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER)
+def scale_workload(api: client.ApiClient, namespace: str, name: str, kind: str, replicas: int) -> None:
+    """Through the scale subresource: a Deployment's replicas, or a LeaderWorkerSet's groups."""
+    body = {"spec": {"replicas": replicas}}
+    if kind == LWS_KIND:
+        client.CustomObjectsApi(api).patch_namespaced_custom_object_scale(
+            LWS_GROUP, "v1", namespace, LWS_PLURAL, name, body, field_manager=FIELD_MANAGER)
+        return
+    client.AppsV1Api(api).patch_namespaced_deployment_scale(name, namespace, body, field_manager=FIELD_MANAGER)
+
+
+def delete_child(api: client.ApiClient, namespace: str, key: str) -> None:
+    """Delete a workload by ``Kind/name`` (gone already is fine); its pods follow by garbage collection."""
+    kind, name = key.split("/", 1)
+    try:
+        if kind == LWS_KIND:
+            client.CustomObjectsApi(api).delete_namespaced_custom_object(LWS_GROUP, "v1", namespace, LWS_PLURAL, name)
+        elif kind == "Deployment":
+            client.AppsV1Api(api).delete_namespaced_deployment(name, namespace)
+        else:
+            raise ValueError(f"kvscale does not delete {kind}")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+class APIServed:
+    """Whether the cluster serves a resource of an API group version, asked at most once per ``ttl_s``
+    (an API installed later, LeaderWorkerSet's say, is seen within that time)."""
+
+    def __init__(self, group_version: str, plural: str, ttl_s: float = 60.0) -> None:
+        self.group_version, self.plural, self.ttl_s = group_version, plural, ttl_s
+        self._known: tuple[float, bool] | None = None
+
+    def served(self, api: client.ApiClient) -> bool:
+        now = time.monotonic()
+        if self._known is not None and now - self._known[0] < self.ttl_s:
+            return self._known[1]
+        group, version = self.group_version.split("/")
+        try:
+            found = client.CustomObjectsApi(api).get_api_resources(group, version)
+            served = any(r.name == self.plural for r in (found.resources or []))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            served = False
+        self._known = (now, served)
+        return served
 
 
 def read_deployment(api: client.ApiClient, namespace: str, name: str) -> Any | None:

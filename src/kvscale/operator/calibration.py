@@ -36,7 +36,8 @@ _KEY_CHARS = re.compile(r"[^-._a-zA-Z0-9]")
 
 def calibration_key(r: Mapping[str, Any]) -> str:
     """A record's layout as a ConfigMap data key (letters, digits, ``-._`` only)."""
-    raw = (f"{r['model']}.{r['gpu']}.tp{r['tensorParallelSize']}.{r['quantization']}.kv-{r['kvCacheDtype']}"
+    pp = f".pp{r['pipelineParallelSize']}" if r.get("pipelineParallelSize") else ""
+    raw = (f"{r['model']}.{r['gpu']}.tp{r['tensorParallelSize']}{pp}.{r['quantization']}.kv-{r['kvCacheDtype']}"
            f".vllm-{r['vllmRelease']}.args-{r.get('engineArgs', '')}")
     return _KEY_CHARS.sub("_", raw)
 
@@ -70,8 +71,9 @@ def measure(spec: LLMDeploymentSpec, plan: Mapping[str, Any], catalog: GPUCatalo
     est = layout_memory(spec, plan, catalog)
     # blocks of vLLM's own size (it may choose another than the plan's, as MLA backends do) as bytes per GPU
     measured = round(blocks * block_size * est.block_bytes / est.block_size)
+    stages = {"pipelineParallelSize": int(plan["pipelineParallelSize"])} if plan.get("pipelineParallelSize") else {}
     return {"model": spec.model.name, "gpu": plan["gpu"], "tensorParallelSize": int(plan["tensorParallelSize"]),
-            "quantization": plan["quantization"], "kvCacheDtype": spec.serving.kv_cache_dtype.value,
+            **stages, "quantization": plan["quantization"], "kvCacheDtype": spec.serving.kv_cache_dtype.value,
             "vllmRelease": sizing_release(spec.vllm.image), "engineArgs": engine_args_key(spec),
             "predictedBlocks": est.num_blocks,
             "measuredBlocks": blocks, "blockSize": block_size, "unaccountedBytes": est.kv_cache_bytes - measured,
@@ -111,7 +113,8 @@ def measured_bytes(records: list[dict[str, Any]], spec: LLMDeploymentSpec) -> di
             if r["model"] != spec.model.name or r["kvCacheDtype"] != kv_dtype or r["vllmRelease"] != release \
                     or r.get("engineArgs", args) != args:
                 continue
-            key = layout_key(str(r["gpu"]), int(r["tensorParallelSize"]), Quantization(r["quantization"]))
+            key = layout_key(str(r["gpu"]), int(r["tensorParallelSize"]), Quantization(r["quantization"]),
+                             int(r.get("pipelineParallelSize") or 1))
             out.setdefault(key, int(r["unaccountedBytes"]))
         except (KeyError, ValueError, TypeError):  # a hand-edited or older entry: not evidence
             continue

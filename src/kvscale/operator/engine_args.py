@@ -19,8 +19,12 @@ PLANNED_FLAGS: dict[str, str] = {
     "--port": "spec.vllm.port",
     "--tensor-parallel-size": "spec.placement.tensorParallelSize",
     "-tp": "spec.placement.tensorParallelSize",
-    "--pipeline-parallel-size": "the plan (pipeline parallelism is not planned)",
-    "-pp": "the plan (pipeline parallelism is not planned)",
+    "--pipeline-parallel-size": "spec.placement.maxNodesPerReplica (a stage per node is planned)",
+    "-pp": "spec.placement.maxNodesPerReplica (a stage per node is planned)",
+    "--nnodes": "spec.placement.maxNodesPerReplica (a replica spanning nodes is a LeaderWorkerSet group)",
+    "--node-rank": "the LeaderWorkerSet (each pod's index in its group)",
+    "--master-addr": "the LeaderWorkerSet (its leader's address)",
+    "--headless": "the LeaderWorkerSet (its workers run headless)",
     "--data-parallel-size": "spec.autoscaling (replicas are kvscale's data parallelism)",
     "-dp": "spec.autoscaling (replicas are kvscale's data parallelism)",
     "--max-model-len": "spec.serving.maxModelLen",
@@ -62,7 +66,24 @@ def conflicting_args(extra: list[str], source: ModelSource) -> list[str]:
     return out
 
 
-def vllm_args(spec: LLMDeploymentSpec, plan: Plan, source: ModelSource) -> list[str]:
+#: where a replica's pods meet: vLLM's own default port for the multi-node process group (ParallelConfig.master_port)
+MULTI_NODE_PORT = 29501
+#: what LeaderWorkerSet tells each pod of a group (the controller injects these into every container)
+LEADER_ADDRESS_ENV = "LWS_LEADER_ADDRESS"
+WORKER_INDEX_ENV = "LWS_WORKER_INDEX"
+
+
+def multi_node_args(plan: Plan, leader: bool) -> list[str]:
+    """vLLM's own multi-node start-up (multiprocessing executor, no Ray): every pod of the group runs
+    ``vllm serve`` with the group's size and its rank; the leader serves the API, the others run headless."""
+    args = ["--pipeline-parallel-size", str(plan.pipeline_parallel_size),
+            "--nnodes", str(plan.nodes_per_replica),
+            "--node-rank", "0" if leader else f"$({WORKER_INDEX_ENV})",
+            "--master-addr", f"$({LEADER_ADDRESS_ENV})", "--master-port", str(MULTI_NODE_PORT)]
+    return args if leader else [*args, "--headless"]
+
+
+def vllm_args(spec: LLMDeploymentSpec, plan: Plan, source: ModelSource, leader: bool = True) -> list[str]:
     s, mem = spec.serving, plan.memory
     args = [
         "--model", source.model_arg,
@@ -79,6 +100,8 @@ def vllm_args(spec: LLMDeploymentSpec, plan: Plan, source: ModelSource) -> list[
         # on SIGTERM vLLM finishes what it is running for up to this long (new requests are refused)
         "--shutdown-timeout", str(spec.vllm.drain_seconds),
     ]
+    if plan.multi_node:
+        args += multi_node_args(plan, leader)
     if plan.quantization_flag:
         args += ["--quantization", plan.quantization_flag]
     if spec.model.revision:

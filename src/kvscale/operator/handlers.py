@@ -26,12 +26,14 @@ from . import conditions as c
 from . import metrics
 from .apply import (
     FIELD_MANAGER,
+    APIServed,
     StatusConflict,
+    delete_child,
     marker,
     owned_by,
     post_event,
     read_child,
-    scale_deployment,
+    scale_workload,
     server_side_apply,
     update_status,
 )
@@ -56,7 +58,19 @@ from .latest_work import LatestWork
 from .leadership import LeaseElector
 from .prometheus_access import secret_error, url_error
 from .reconcile import Event, Reconciliation, child_key, deployment_progress, parse_spec, reconcile, spec_hash
-from .render import INSTANCE_LABEL, PLAN_HASH_ANNOTATION, VLLM_CONTAINER, selector_string
+from .render import (
+    INSTANCE_LABEL,
+    LWS_GROUP,
+    LWS_KIND,
+    LWS_PLURAL,
+    PLAN_HASH_ANNOTATION,
+    ROLE_LABEL,
+    VLLM_CONTAINER,
+    WORKER,
+    selector_string,
+    workload_kind,
+    workload_name,
+)
 from .resource import GROUP, KIND, PLURAL, VERSION, LLMDeploymentSpec, MetricsSourceType
 from .settings import OperatorSettings
 from .startup_failures import StartupFailure, classify_container
@@ -110,6 +124,8 @@ class _State:
     reported_failures: dict[tuple[str, str], set[str]] = {}  # noqa: RUF012  # failure keys already announced
     shared: SharedCalibration | None = None  # the cluster's calibration ConfigMap, where one is configured
     measured: dict[tuple[str, str], tuple[Any, ...]] = {}  # noqa: RUF012  # (spec, plan, blocks) last calibrated
+    # replicas spanning nodes run as LeaderWorkerSets: planned only where the cluster serves that API
+    multi_node: APIServed = APIServed(f"{LWS_GROUP}/v1", LWS_PLURAL)
 
 
 STATE = _State()
@@ -215,10 +231,12 @@ async def gpu_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str,
 
 
 @kopf.index("", "v1", "pods", labels={INSTANCE_LABEL: kopf.PRESENT})
-async def replica_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def replica_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
     """kvscale's vLLM pods by (namespace, LLMDeployment): the autoscale pass reads them here instead of
     listing them from the API server for every object on every tick."""
     meta, st = body["metadata"], body.get("status") or {}
+    if (meta.get("labels") or {}).get(ROLE_LABEL) == WORKER:
+        return None  # a multi-node group is counted, scraped and calibrated at its leader
     return {(meta["namespace"], meta["labels"][INSTANCE_LABEL]): {
         "metadata": {k: meta.get(k) for k in ("name", "namespace", "labels", "annotations", "deletionTimestamp",
                                               "creationTimestamp") if meta.get(k) is not None},
@@ -230,7 +248,8 @@ def _pods_of(api: client.ApiClient, ns: str, name: str) -> list[dict[str, Any]]:
     if STATE.replicas is not None:
         store = STATE.replicas.get((ns, name))
         return list(store) if store is not None else []
-    pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=selector_string(name))
+    leaders = f"{selector_string(name)},{ROLE_LABEL}!={WORKER}"  # a multi-node group's workers serve nothing
+    pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=leaders)
     return [api.sanitize_for_serialization(p) for p in pods.items]  # type: ignore[no-untyped-call]
 
 
@@ -357,7 +376,8 @@ def _reconcile_now(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, 
     def decide(free: dict[str, list[int]] | None) -> Reconciliation:
         return reconcile(name, ns, meta["uid"], generation, dict(body.get("spec", {})), status,
                          gpu_options(nodes, _catalog()), _catalog(), _now(),
-                         children=_live_children(api, ns, status), free_gpus=free, shared=shared)
+                         children=_live_children(api, ns, status), free_gpus=free, shared=shared,
+                         multi_node=STATE.multi_node.served(api))
 
     shared = STATE.shared.records(api) if STATE.shared is not None else None
 
@@ -397,16 +417,23 @@ def _reconcile_now(body: kopf.Body | dict[str, Any], gpu_nodes: kopf.Index[str, 
                               _now(), generation=generation)
             raise kopf.TemporaryError(f"applying {obj['kind']} {name}: {answer}", delay=15) from exc
         found = done if isinstance(done, dict) else api.sanitize_for_serialization(done)  # type: ignore[no-untyped-call]
+        if not isinstance(found, dict):  # a custom object's apply may answer without a body: read what it made
+            found = read_child(api, ns, child_key(obj)) or {}
         applied[child_key(obj)] = marker({**found, "kind": obj["kind"]})
+    for key in rec.delete:  # the workload of the other kind, after a switch between single- and multi-node
+        delete_child(api, ns, key)
+        log.info("%s/%s: deleted %s (the plan now runs as a %s)", ns, name, key,
+                 workload_kind(rec.status.get("plan") or {}))
     if applied:
         STATE.applied[(ns, name)] = applied
         rec.status["children"] = applied
     if rec.scale is not None:
+        kind = workload_kind(status.get("plan") or {})
         try:
-            scale_deployment(api, ns, name, rec.scale)
+            scale_workload(api, ns, workload_name(name, kind), kind, rec.scale)
         except client.ApiException as exc:
             rec.status.pop("desiredReplicas", None)  # never claim a count that was not applied
-            log.warning("could not scale Deployment %s/%s to %d: %s", ns, name, rec.scale, exc.reason)
+            log.warning("could not scale %s %s/%s to %d: %s", kind, ns, name, rec.scale, exc.reason)
     if rec.status or rec.conditions:
         try:
             _write_status(api, ns, name, rec.status, rec.conditions, _now(), generation=generation)
@@ -460,6 +487,7 @@ def _periodic(body: dict[str, Any], replan: bool) -> None:
             reconcile_if_due(body)
         autoscale(body, key)
         watch_replicas(body, key)
+        mirror_groups(body, key)
     except kopf.TemporaryError as exc:  # an apply the API server refused for now: the next pass retries
         metrics.PERIODIC_FAILURES.labels("api").inc()
         log.warning("periodic work on %s/%s: %s", *key, exc)
@@ -629,6 +657,28 @@ async def deployment_changed(body: kopf.Body, type: str | None, **kwargs: Any) -
     fields, updates = deployment_progress(body)
     metrics.ACTUAL.labels(ns, name).set(fields["readyReplicas"])
     WRITERS.submit(("mirror", ns, name), lambda: _mirror(ns, name, fields, updates))
+
+
+def mirror_groups(body: dict[str, Any], key: tuple[str, str]) -> None:
+    """A multi-node plan's LeaderWorkerSet, read each pass: its progress mirrored, and restored if it was
+    deleted or edited by someone else. Not watched through Kopf: an API that is installed after the operator
+    started is not picked up, and one removed while watched stops the whole operator (Kopf 1.45)."""
+    status = body.get("status") or {}
+    if workload_kind(status.get("plan") or {}) != LWS_KIND:
+        return
+    child = f"{LWS_KIND}/{workload_name(key[1], LWS_KIND)}"
+    found = read_child(api_client(), key[0], child)
+    want = _applied_marker(key[0], key[1], child)
+    if want is not None and (found is None or marker(found) != want):
+        log.info("%s/%s %s: restoring", *key, child)
+        WRITERS.submit(("restore", key[0], child), lambda: _restore(key[0], key[1], child))
+        return
+    if found is None:
+        return
+    fields, updates = deployment_progress(found)
+    if any(status.get(k) != v for k, v in fields.items()):
+        metrics.ACTUAL.labels(*key).set(fields["readyReplicas"])
+        _mirror(*key, fields, updates)
 
 
 def _mirror(ns: str, name: str, fields: dict[str, Any], updates: list[tuple[str, bool | str, str, str]]) -> None:

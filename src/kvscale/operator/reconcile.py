@@ -19,7 +19,7 @@ from .engine_args import conflicting_args
 from .image_version import release_check
 from .model_source import model_source, uri_error
 from .planning import alternatives, decide_plan, keep_plan, plan_hash, plan_status, rejected
-from .render import desired_replicas, render, selector_string, vllm_image
+from .render import WORKLOAD_KINDS, desired_replicas, render, selector_string, vllm_image
 from .resource import LLMDeploymentSpec
 from .startup_replan import MAX_STARTUP_REPLANS, for_spec, lessons
 
@@ -40,6 +40,7 @@ class Reconciliation:
     planned: bool = False
     plan_changed: bool = False
     scale: int | None = None  # replicas to set on the existing Deployment without re-rendering it
+    delete: list[str] = field(default_factory=list)  # children (Kind/name) to delete: a workload of the other kind
 
 
 def parse_spec(spec: dict[str, Any]) -> LLMDeploymentSpec | str:
@@ -88,7 +89,7 @@ def _elapsed_s(since: str, now: str) -> float:
 def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: dict[str, Any],
               status: dict[str, Any], available: dict[str, GPUOption], catalog: GPUCatalog, now: str,
               children: dict[str, str] | None = None, free_gpus: dict[str, list[int]] | None = None,
-              shared: list[dict[str, Any]] | None = None) -> Reconciliation:
+              shared: list[dict[str, Any]] | None = None, multi_node: bool = False) -> Reconciliation:
     """Decide what this LLMDeployment needs. Writes nothing when nothing changed.
 
     The plan is made once per spec: a scale, a node going away or a restart keeps it (the same GPU
@@ -98,6 +99,7 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     anything that differs from ``status.children`` was deleted or edited and is applied again.
     ``free_gpus``: unrequested GPUs per node by GPU type, to choose how a change rolls out.
     ``shared``: calibration records of the cluster (the operator's ConfigMap); this object's own come first.
+    ``multi_node``: the cluster serves the LeaderWorkerSet API, so a replica may span nodes.
     A measured layout is planned with what its replicas allocated, so a measurement updates the plan's
     KV figures (and the replicas the target needs) without moving the fleet.
     """
@@ -140,7 +142,7 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
                                 f"{_elapsed_s(since, now):.0f} s (grace {REPLAN_GRACE_S:.0f} s): planning again"))
         outcome = None
     if outcome is None or not outcome.ok:
-        outcome = decide_plan(spec, available, catalog, reserved, excluded, measured)
+        outcome = decide_plan(spec, available, catalog, reserved, excluded, measured, multi_node)
     if not outcome.ok:
         new = c.set_condition(conds, c.PLANNED, False, outcome.reason, outcome.message, generation, now)
         # the running fleet stays as it is: a spec it cannot meet now must not take down what serves
@@ -173,7 +175,7 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     # a measurement arrived (a plan kept past its failed starts is left as recorded)
     # (only a measured plan, or one that was: any other difference, such as an operator upgrade's new
     # estimate, waits for the next spec change instead of re-applying every fleet)
-    calibrated = not out.plan_changed and bool(current) and not failed and recorded_plan != current and \
+    calibrated = not out.plan_changed and bool(current) and not failed and _set(recorded_plan) != _set(current) and \
         (p.measured or bool(current.get("kvCacheMeasured")))
     unchanged = not out.plan_changed and status.get("observedGeneration") == generation and not drifted
     replicas = desired_replicas(spec, p)
@@ -192,6 +194,9 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
         return out
     out.apply = render(name, namespace, uid, spec, p, catalog, h, replicas,
                        free_per_node=None if free_gpus is None else free_gpus.get(p.gpu, []))
+    rendered = {f"{o['kind']}/{o['metadata']['name']}" for o in out.apply}
+    # a plan that moved between one node and several runs as the other kind: the old workload goes
+    out.delete = sorted(k for k in recorded if k.split("/", 1)[0] in WORKLOAD_KINDS and k not in rendered)
     version, why, message = release_check(vllm_image(spec, catalog.get(p.gpu), catalog))
     out.conditions = [(c.PLANNED, True, "Planned", outcome.message), (c.VERSION_MATCHED, version, why, message)]
     if out.plan_changed:
@@ -248,3 +253,8 @@ def availability(ready: int, desired: int, updated: int, generation_seen: bool) 
     if ready >= desired and updated >= desired and generation_seen:
         return True, "ReplicasReady", f"{ready}/{desired} vLLM replicas ready"
     return ready > 0, "ReplicasNotReady", f"{ready}/{desired} vLLM replicas ready, {updated} updated"
+
+
+def _set(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields a merge patch leaves in place: a null written deletes its field, so it compares as absent."""
+    return {k: v for k, v in fields.items() if v is not None}

@@ -4,15 +4,18 @@ cache claim and PodMonitor (pure)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..estimator.gpus import GIB, GPUCatalog, GPUType
 from ..estimator.planner import Plan
 from ..estimator.vllm_profiles import VLLM_RELEASE
 from .engine_args import vllm_args
-from .model_source import model_source
+from .model_source import ModelSource, model_source
 from .pod_resources import (
     PROBE_PERIOD_S,
+    StartupBudget,
     checkpoint_bytes,
     host_resources,
     merged_resources,
@@ -35,6 +38,16 @@ CACHE_HEADROOM = 1.25  # a created model cache: the checkpoint plus room for a r
 VLLM_CONTAINER = "vllm"
 #: on each replica pod: the plan it was rendered from
 PLAN_HASH_ANNOTATION = "kvscale.io/plan-hash"
+#: a replica spanning nodes: the LeaderWorkerSet API (sigs.k8s.io/lws) its groups run as
+LWS_GROUP = "leaderworkerset.x-k8s.io"
+LWS_KIND = "LeaderWorkerSet"
+LWS_PLURAL = "leaderworkersets"
+LWS_GROUP_KEY = "leaderworkerset.sigs.k8s.io/group-key"  # the same on every pod of one group
+LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"  # "0" on the leader
+LWS_EXCLUSIVE_TOPOLOGY = "leaderworkerset.sigs.k8s.io/exclusive-topology"  # one group per topology domain
+#: on the pods of a group: which serves the API (the Service and the autoscaler read leaders only)
+ROLE_LABEL = "kvscale.io/role"
+LEADER, WORKER = "leader", "worker"
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -80,18 +93,45 @@ def cache_size(spec: LLMDeploymentSpec, size_bytes: int) -> str:
     return given or f"{math.ceil(size_bytes * CACHE_HEADROOM / GIB)}Gi"
 
 
-def render(name: str, namespace: str, uid: str, spec: LLMDeploymentSpec, plan: Plan, catalog: GPUCatalog,
-           plan_hash: str, replicas: int, free_per_node: list[int] | None = None) -> list[dict[str, Any]]:
-    gpu = catalog.get(plan.gpu)
-    labels = {**selector_labels(name), "app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": name,
-              **MANAGED_BY}
-    owner = [owner_reference(name, uid)]
-    meta = {"namespace": namespace, "labels": labels, "ownerReferences": owner}
-    source = model_source(name, spec)
-    size = checkpoint_bytes(plan, spec.model.size_gib)
-    budget = startup_budget(source, size, spec.vllm.startup_seconds)
-    gpus = str(plan.gpus_per_replica)
-    resources = merged_resources(host_resources(plan, source, size), spec.vllm.resources)
+def workload_kind(plan: Mapping[str, Any]) -> str:
+    """What runs a recorded plan (status.plan): a Deployment, or a LeaderWorkerSet for one spanning nodes."""
+    return LWS_KIND if int(plan.get("nodesPerReplica") or 1) > 1 else "Deployment"
+
+
+WORKLOAD_KINDS = ("Deployment", LWS_KIND)
+#: a LeaderWorkerSet makes a headless Service of its own name for its pods' DNS (the leader's address): it
+#: cannot share its name with the LLMDeployment's Service, which must keep the name clients use
+LWS_SUFFIX = "-lws"
+
+
+def workload_name(name: str, kind: str) -> str:
+    return f"{name}{LWS_SUFFIX}" if kind == LWS_KIND else name
+
+
+def serving_selector(name: str, plan: Plan) -> dict[str, str]:
+    """The pods that serve HTTP: every replica pod, or the leader of each group of a multi-node plan."""
+    return {**selector_labels(name), ROLE_LABEL: LEADER} if plan.multi_node else selector_labels(name)
+
+
+@dataclass(frozen=True)
+class _Sized:
+    """What every pod of a replica is sized from, worked out once per render."""
+
+    source: ModelSource
+    checkpoint_bytes: int
+    budget: StartupBudget
+
+
+def _pod_template(name: str, spec: LLMDeploymentSpec, plan: Plan, gpu: GPUType, catalog: GPUCatalog,
+                  plan_hash: str, labels: dict[str, str], sized: _Sized,
+                  role: str | None = None) -> dict[str, Any]:
+    """One replica pod, or (``role``) the leader or a worker of a multi-node replica's group: each of
+    those runs on its own node with that node's GPUs and its pipeline stage."""
+    source, size, budget = sized.source, sized.checkpoint_bytes, sized.budget
+    per_pod = plan if role is None else plan.model_copy(update={"gpus_per_replica": plan.tensor_parallel_size})
+    resources = merged_resources(host_resources(per_pod, source, size // plan.nodes_per_replica),
+                                 spec.vllm.resources)
+    gpus = str(per_pod.gpus_per_replica)
     resources["limits"][gpu.resource_name] = gpus
     resources["requests"][gpu.resource_name] = gpus
     gpu_term = {"key": gpu.product_label_key, "operator": "In", "values": list(gpu.product_labels)}
@@ -99,18 +139,25 @@ def render(name: str, namespace: str, uid: str, spec: LLMDeploymentSpec, plan: P
                    *spec.placement.tolerations]
     port = spec.vllm.port
     probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": PROBE_PERIOD_S, "timeoutSeconds": 5}
-    strategy, why_strategy = rollout_strategy(spec.vllm.rollout, plan.gpus_per_replica, free_per_node)
-    container = {
+    serves = role in (None, LEADER)
+    container: dict[str, Any] = {
         "name": VLLM_CONTAINER, "image": vllm_image(spec, gpu, catalog),
         "command": ["vllm", "serve"],
-        "args": vllm_args(spec, plan, source),
-        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "args": vllm_args(spec, plan, source, leader=serves),
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}] if serves else [],
         "env": [*source.env, *spec.vllm.env],
         "resources": resources,
-        "startupProbe": {**probe, "failureThreshold": budget.failure_threshold},
-        "readinessProbe": {**probe, "failureThreshold": 3},
-        # a busy server answers /health late; only one silent for a minute is restarted
-        "livenessProbe": {**probe, "timeoutSeconds": 10, "failureThreshold": 6},
+    }
+    if serves:
+        container |= {
+            "startupProbe": {**probe, "failureThreshold": budget.failure_threshold},
+            "readinessProbe": {**probe, "failureThreshold": 3},
+            # a busy server answers /health late; only one silent for a minute is restarted
+            "livenessProbe": {**probe, "timeoutSeconds": 10, "failureThreshold": 6},
+        }
+    else:  # a headless worker serves no HTTP: its health is the leader's (the group restarts as one)
+        del container["ports"]
+    container |= {
         "lifecycle": {"preStop": {"sleep": {"seconds": ENDPOINT_LAG_S}}},
         # a failed start leaves vLLM's last log lines in the pod's status (kubectl describe shows them)
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -126,7 +173,7 @@ def render(name: str, namespace: str, uid: str, spec: LLMDeploymentSpec, plan: P
         "nodeSelector": dict(spec.placement.node_selector),
         "tolerations": tolerations,
         "containers": [container],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_bytes(plan) // GIB}Gi"}},
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_bytes(per_pod) // GIB}Gi"}},
                     *source.volumes, *spec.vllm.volumes],
         # preStop wait, then vLLM drains its running requests (--shutdown-timeout), then a margin to exit
         "terminationGracePeriodSeconds": ENDPOINT_LAG_S + spec.vllm.drain_seconds + EXIT_MARGIN_S,
@@ -134,7 +181,16 @@ def render(name: str, namespace: str, uid: str, spec: LLMDeploymentSpec, plan: P
         "automountServiceAccountToken": False,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
-    if spec.placement.spread_across_nodes:
+    if role is not None:
+        # the pods of one group on different nodes: each is a pipeline stage with its node's GPUs
+        pod_spec["affinity"]["podAntiAffinity"] = {
+            **(pod_spec["affinity"].get("podAntiAffinity") or {}),
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                *((pod_spec["affinity"].get("podAntiAffinity") or {})
+                  .get("requiredDuringSchedulingIgnoredDuringExecution") or []),
+                {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector_labels(name)},
+                 "matchLabelKeys": [LWS_GROUP_KEY]}]}
+    elif spec.placement.spread_across_nodes:
         pod_spec["topologySpreadConstraints"] = [{
             "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
             "labelSelector": {"matchLabels": selector_labels(name)}, "matchLabelKeys": ["pod-template-hash"]}]
@@ -145,34 +201,83 @@ def render(name: str, namespace: str, uid: str, spec: LLMDeploymentSpec, plan: P
             pod_spec[key] = value
     if spec.vllm.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in spec.vllm.image_pull_secrets]
-    deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, **meta, "annotations": {
-            "kvscale.io/rollout": why_strategy, "kvscale.io/startup-budget": f"{budget.seconds}s: {budget.why}"}},
+    pod_labels = labels if role is None else {**labels, ROLE_LABEL: role}
+    annotations = {PLAN_HASH_ANNOTATION: plan_hash}
+    if serves:
+        annotations |= {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                        "prometheus.io/path": "/metrics"}
+    return {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec}
+
+
+def _leader_worker_set(name: str, meta: dict[str, Any], spec: LLMDeploymentSpec, plan: Plan, gpu: GPUType,
+                       catalog: GPUCatalog, plan_hash: str, replicas: int, labels: dict[str, str],
+                       sized: _Sized) -> dict[str, Any]:
+    """A replica spanning nodes as a LeaderWorkerSet group: one pod per node, the leader serving the API.
+
+    A failed pod restarts its whole group (vLLM's process group cannot take a member back); a rollout
+    replaces one group at a time and adds none beside it (a group holds whole nodes)."""
+    annotations = {"kvscale.io/rollout": "one group at a time, none added beside it: a group holds "
+                                         f"{plan.nodes_per_replica} whole nodes"}
+    if spec.placement.group_topology_key:
+        annotations[LWS_EXCLUSIVE_TOPOLOGY] = spec.placement.group_topology_key
+    return {
+        "apiVersion": f"{LWS_GROUP}/v1", "kind": LWS_KIND,
+        "metadata": {"name": workload_name(name, LWS_KIND), **meta, "annotations": annotations},
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": selector_labels(name)},
-            "strategy": strategy,
-            "progressDeadlineSeconds": budget.progress_deadline_s,
-            "template": {
-                "metadata": {"labels": labels, "annotations": {
-                    PLAN_HASH_ANNOTATION: plan_hash, "prometheus.io/scrape": "true",
-                    "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}},
-                "spec": pod_spec,
+            "startupPolicy": "LeaderCreated",
+            "rolloutStrategy": {"type": "RollingUpdate",
+                                "rollingUpdateConfiguration": {"maxUnavailable": 1, "maxSurge": 0}},
+            "leaderWorkerTemplate": {
+                "size": plan.nodes_per_replica,
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": _pod_template(name, spec, plan, gpu, catalog, plan_hash, labels, sized, LEADER),
+                "workerTemplate": _pod_template(name, spec, plan, gpu, catalog, plan_hash, labels, sized, WORKER),
             },
         },
     }
+
+
+def render(name: str, namespace: str, uid: str, spec: LLMDeploymentSpec, plan: Plan, catalog: GPUCatalog,
+           plan_hash: str, replicas: int, free_per_node: list[int] | None = None) -> list[dict[str, Any]]:
+    gpu = catalog.get(plan.gpu)
+    labels = {**selector_labels(name), "app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": name,
+              **MANAGED_BY}
+    owner = [owner_reference(name, uid)]
+    meta = {"namespace": namespace, "labels": labels, "ownerReferences": owner}
+    source = model_source(name, spec)
+    size = checkpoint_bytes(plan, spec.model.size_gib)
+    budget = startup_budget(source, size, spec.vllm.startup_seconds)
+    sized = _Sized(source, size, budget)
+    port = spec.vllm.port
+    annotations = {"kvscale.io/startup-budget": f"{budget.seconds}s: {budget.why}"}
+    if plan.multi_node:
+        workload = _leader_worker_set(name, meta, spec, plan, gpu, catalog, plan_hash, replicas, labels, sized)
+        workload["metadata"]["annotations"] = {**annotations, **workload["metadata"].get("annotations", {})}
+    else:
+        strategy, why_strategy = rollout_strategy(spec.vllm.rollout, plan.gpus_per_replica, free_per_node)
+        workload = {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, **meta, "annotations": {"kvscale.io/rollout": why_strategy, **annotations}},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": selector_labels(name)},
+                "strategy": strategy,
+                "progressDeadlineSeconds": budget.progress_deadline_s,
+                "template": _pod_template(name, spec, plan, gpu, catalog, plan_hash, labels, sized),
+            },
+        }
     service = {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": owner},
-        "spec": {"selector": selector_labels(name),
+        "spec": {"selector": serving_selector(name, plan),
                  "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]},
     }
     pdb = {
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name, **meta},
         "spec": {"maxUnavailable": spec.vllm.max_unavailable, "selector": {"matchLabels": selector_labels(name)}},
     }
-    objects = [deployment, service, pdb]
+    objects = [workload, service, pdb]
     if source.cache_claim and spec.model.cache:
         claim: dict[str, Any] = {
             "accessModes": [spec.model.cache.access_mode.value],
@@ -185,7 +290,7 @@ def render(name: str, namespace: str, uid: str, spec: LLMDeploymentSpec, plan: P
         objects.append({
             "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
             "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": owner},
-            "spec": {"selector": {"matchLabels": selector_labels(name)},
+            "spec": {"selector": {"matchLabels": serving_selector(name, plan)},
                      "podMetricsEndpoints": [{"port": "http", "path": "/metrics"}]},
         })
     return objects

@@ -9,11 +9,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..estimator.kv_cache import KVCacheDtype
 from ..estimator.memory import DEFAULT_BLOCK_SIZE, DEFAULT_GPU_MEMORY_UTILIZATION
-from ..estimator.planner import Preference
+from ..estimator.performance import DEFAULT_INTER_NODE_GBITS
+from ..estimator.planner import DEFAULT_MAX_NODES_PER_REPLICA, Preference
 from ..estimator.quantization import Quantization
 
 GROUP = "kvscale.io"
@@ -101,6 +102,34 @@ class Serving(_Model):
         "KV cache block size in tokens (vLLM --block-size; 16 is vLLM's CUDA default, its CPU backend uses 128)."))
     enable_prefix_caching: bool = Field(default=True, alias="enablePrefixCaching", description=(
         "Automatic prefix caching (vLLM's default; hybrid models pin extra state blocks with it)."))
+    slo: ServingSLO | None = Field(default=None, description=(
+        "Latency targets at a load: the plan is sized for this load and must meet them (targetConcurrency is "
+        "then not used)."))
+
+
+class ServingSLO(_Model):
+    """Latency targets and the load they hold at: the plan is the cheapest layout and replica count whose
+    predicted latencies meet them (kvscale.estimator.performance)."""
+
+    ttft_seconds: float | None = Field(default=None, alias="ttftSeconds", gt=0, le=3600, description=(
+        "Time to first token at the percentile, seconds."))
+    tpot_milliseconds: float | None = Field(default=None, alias="tpotMilliseconds", gt=0, le=60_000, description=(
+        "Time per output token after the first, at the percentile, milliseconds."))
+    percentile: float = Field(default=99.0, ge=50, lt=100, description="Over requests; 99 by default.")
+    requests_per_second: float | None = Field(default=None, alias="requestsPerSecond", gt=0, le=1_000_000,
+                                              description="The load as Poisson arrivals, requests/s in total.")
+    concurrency: int | None = Field(default=None, ge=1, le=1_000_000, description=(
+        "The load as clients that each send their next request when the last is answered, in total."))
+    mean_input_tokens: int = Field(alias="meanInputTokens", ge=1, le=10_000_000, description="Mean prompt length.")
+    mean_output_tokens: int = Field(alias="meanOutputTokens", ge=1, le=10_000_000, description="Mean output length.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> ServingSLO:
+        if self.ttft_seconds is None and self.tpot_milliseconds is None:
+            raise ValueError("serving.slo needs ttftSeconds, tpotMilliseconds or both")
+        if (self.requests_per_second is None) == (self.concurrency is None):
+            raise ValueError("serving.slo needs the load as exactly one of requestsPerSecond and concurrency")
+        return self
 
 
 class Placement(_Model):
@@ -113,6 +142,15 @@ class Placement(_Model):
         "cost: cheapest feasible plan; quality: least quantized plan, then cheapest."))
     max_gpus_per_replica: int = Field(default=8, alias="maxGPUsPerReplica", ge=1, le=16, description=(
         "Upper bound on tensor-parallel size."))
+    max_nodes_per_replica: int = Field(default=DEFAULT_MAX_NODES_PER_REPLICA, alias="maxNodesPerReplica", ge=1,
+                                       le=16, description=(
+        "Nodes one replica may span for a model no single node holds: tensor parallel over each node's GPUs, "
+        "a pipeline stage per node, run as a LeaderWorkerSet. 1: single-node replicas only."))
+    inter_node_gbits: float = Field(default=DEFAULT_INTER_NODE_GBITS, alias="interNodeGbits", gt=0, description=(
+        "Bandwidth of the link between nodes (Gb/s per node) that a replica spanning nodes is estimated with."))
+    group_topology_key: str | None = Field(default=None, alias="groupTopologyKey", max_length=317, description=(
+        "A replica spanning nodes: the node label whose domains (a rack, a network block) each hold one "
+        "whole group and no other (LeaderWorkerSet's exclusive topology). Unset: groups may share a domain."))
     tensor_parallel_size: int | None = Field(default=None, alias="tensorParallelSize", ge=1, le=16, description=(
         "Fix the tensor-parallel size instead of letting kvscale choose."))
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector", description=(
@@ -275,6 +313,16 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
                  "!has(self.cache)",
          "message": "model.cache is for Hugging Face downloads; s3:// and gs:// weights are streamed, not cached"},
     ],
+    "spec.serving": [
+        {"rule": "!has(self.slo) || self.slo.meanInputTokens + self.slo.meanOutputTokens <= self.maxModelLen",
+         "message": "serving.slo: meanInputTokens + meanOutputTokens must fit maxModelLen"},
+    ],
+    "spec.serving.slo": [
+        {"rule": "has(self.ttftSeconds) || has(self.tpotMilliseconds)",
+         "message": "serving.slo needs ttftSeconds, tpotMilliseconds or both"},
+        {"rule": "has(self.requestsPerSecond) != has(self.concurrency)",
+         "message": "serving.slo needs the load as exactly one of requestsPerSecond and concurrency"},
+    ],
     "spec.placement": [
         {"rule": "!has(self.tensorParallelSize) || !has(self.maxGPUsPerReplica) || "
                  "self.tensorParallelSize <= self.maxGPUsPerReplica",
@@ -309,6 +357,14 @@ class PlanStatus(_Model):
     gpu_product_label: str | None = Field(default=None, alias="gpuProductLabel")
     tensor_parallel_size: int = Field(alias="tensorParallelSize")
     quantization: str
+    pipeline_parallel_size: int | None = Field(default=None, alias="pipelineParallelSize", description=(
+        "Pipeline stages of a replica spanning nodes (one per node); unset for a single-node replica."))
+    nodes_per_replica: int | None = Field(default=None, alias="nodesPerReplica", description=(
+        "Nodes one replica spans (the LeaderWorkerSet group size); unset for a single-node replica."))
+    gpus_per_node: int | None = Field(default=None, alias="gpusPerNode", description=(
+        "GPUs each pod of a replica spanning nodes requests."))
+    interconnect: str | None = Field(default=None, description=(
+        "The links the replica's GPUs talk over (NVLink or PCIe in a node; the inter-node link across nodes)."))
     replicas_for_target: int = Field(alias="replicasForTarget", description=(
         "Replicas needed to hold the whole target concurrency (serving.targetConcurrency)."))
     weights_gib: float = Field(alias="weightsGiB", description="Weights per GPU.")
@@ -321,6 +377,10 @@ class PlanStatus(_Model):
     max_concurrency: float = Field(alias="maxConcurrency", description="Sequences of maxModelLen per replica.")
     cost_per_hour: float = Field(alias="costPerHour", description="Per replica, from the GPU catalog prices.")
     decode_tokens_per_second: float = Field(alias="decodeTokensPerSecond")
+    ttft_ms: float | None = Field(default=None, alias="ttftMs", description=(
+        "Predicted time to first token per replica at serving.slo's load and percentile."))
+    tpot_ms: float | None = Field(default=None, alias="tpotMs", description=(
+        "Predicted time per output token per replica at serving.slo's load and percentile."))
 
 
 class Alternative(_Model):
@@ -353,6 +413,7 @@ class StartupFailureRecord(_Model):
     plan_hash: str = Field(alias="planHash")
     gpu: str
     tensor_parallel_size: int = Field(alias="tensorParallelSize")
+    pipeline_parallel_size: int | None = Field(default=None, alias="pipelineParallelSize")
     quantization: str
     cause: str = Field(description="KVCacheTooSmall, NoKVCacheMemory, GPUOutOfMemory or UnsupportedOnGPU.")
     message: str = Field(max_length=400, description="vLLM's own words, with its numbers.")
@@ -370,6 +431,7 @@ class CalibrationRecord(_Model):
     model: str
     gpu: str
     tensor_parallel_size: int = Field(alias="tensorParallelSize")
+    pipeline_parallel_size: int | None = Field(default=None, alias="pipelineParallelSize")
     quantization: str
     kv_cache_dtype: str = Field(alias="kvCacheDtype")
     vllm_release: str = Field(alias="vllmRelease", description="Release line of the image that ran it.")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..estimator.gpus import GIB
-from ..estimator.planner import TP_DEGREES, layout_key
+from ..estimator.planner import SUGGEST_MAX_NODES, TP_DEGREES, layout_key
 from ..estimator.quantization import Quantization
 from .render import PLAN_HASH_ANNOTATION
 from .startup_failures import StartupCause, StartupFailure
@@ -40,6 +40,7 @@ def failure_record(f: StartupFailure, plan: dict[str, Any], plan_hash: str, spec
         missing = float(predicted)  # none of the KV cache the estimate counted on was there
     return {"time": now, "specHash": spec_hash, "planHash": plan_hash, "gpu": plan.get("gpu"),
             "tensorParallelSize": plan.get("tensorParallelSize"), "quantization": plan.get("quantization"),
+            **({"pipelineParallelSize": plan["pipelineParallelSize"]} if plan.get("pipelineParallelSize") else {}),
             "cause": str(f.cause), "message": f.summary()[:400], "missingGiB": missing}
 
 
@@ -69,9 +70,10 @@ def _learn(r: dict[str, Any], reserved: dict[str, int], excluded: dict[str, str]
     why = f"{FAILED_START} at {r['time']}: {r['message']}"
     quant = Quantization(r["quantization"])
     if r["cause"] == StartupCause.UNSUPPORTED:
-        excluded.update({layout_key(r["gpu"], tp, quant): why for tp in TP_DEGREES})
+        excluded.update({layout_key(r["gpu"], tp, quant, pp): why
+                         for tp in TP_DEGREES for pp in range(1, SUGGEST_MAX_NODES + 1)})
         return
-    excluded[layout_key(r["gpu"], int(r["tensorParallelSize"]), quant)] = why
+    excluded[layout_key(r["gpu"], int(r["tensorParallelSize"]), quant, int(r.get("pipelineParallelSize") or 1))] = why
     if r.get("missingGiB"):
         # the plan that failed was made with the reserve already known: what it missed comes on top
         total = int(float(r["missingGiB"]) * GIB) + int(r.get("reservedBytes") or 0)

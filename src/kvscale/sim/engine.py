@@ -1,6 +1,6 @@
 """A discrete-event model of one vLLM replica: paged KV cache, continuous batching with chunked
 prefill under a token budget, admission when blocks are free, recompute preemption, and step
-times from a roofline of the GPU. Runs of pure decode are advanced many steps at a time.
+times from kvscale.estimator.performance, the planner's model. Runs of pure decode are advanced many steps at a time.
 """
 
 from __future__ import annotations
@@ -16,42 +16,30 @@ from ..estimator.gpus import GPUType
 from ..estimator.memory import MemoryEstimate
 from ..estimator.model_spec import ModelSpec
 from ..estimator.params import count_params
-
-MEMORY_EFFICIENCY = 0.75  # share of peak HBM bandwidth a decode step reaches
-COMPUTE_EFFICIENCY = 0.5  # share of peak tensor FLOPs a prefill step reaches
-STEP_OVERHEAD_S = 0.003  # scheduling + launch per engine step
+from ..estimator.performance import StepCost, step_cost
+from ..estimator.quantization import Quantization
 
 
 @dataclass(frozen=True)
 class ReplicaModel:
-    """What the simulator needs about a replica, derived from the estimator's plan."""
+    """What the simulator needs about a replica: the scheduler's limits from the estimator's plan and the
+    step time from the performance model the planner uses."""
 
     kv_blocks: int
     block_size: int
     max_num_seqs: int
     max_batched_tokens: int
-    weights_bytes: float  # read per decode step, per GPU (active parameters only for MoE)
-    kv_bytes_per_token: float  # per GPU
-    bandwidth: float  # bytes/s, effective
-    flops: float  # per GPU, effective
-    flops_per_token: float  # per GPU: 2 x active parameters / TP
-    step_overhead_s: float = STEP_OVERHEAD_S
-    seq_overhead_s: float = 0.0  # per scheduled sequence per step (sampling, bookkeeping); dominant on a tiny CPU model
+    cost: StepCost
 
     @classmethod
-    def from_plan(cls, spec: ModelSpec, gpu: GPUType, est: MemoryEstimate, tp: int) -> ReplicaModel:
-        p = count_params(spec)
-        active = p.active(spec) / max(1, p.total)
+    def from_plan(cls, spec: ModelSpec, gpu: GPUType, est: MemoryEstimate, tp: int, pp: int = 1,
+                  quantization: Quantization = Quantization.BF16) -> ReplicaModel:
+        cost = step_cost(spec, count_params(spec), gpu, est, tp, pp, quantization)
         return cls(kv_blocks=est.num_blocks, block_size=est.block_size, max_num_seqs=est.max_num_seqs,
-                   max_batched_tokens=est.max_num_batched_tokens, weights_bytes=est.weights_bytes * active,
-                   kv_bytes_per_token=est.kv_bytes_per_token, bandwidth=gpu.bandwidth_gbps * 1e9 * MEMORY_EFFICIENCY,
-                   flops=gpu.bf16_tflops * 1e12 * COMPUTE_EFFICIENCY,
-                   flops_per_token=2.0 * p.active(spec) / tp)
+                   max_batched_tokens=est.max_num_batched_tokens, cost=cost)
 
     def step_time(self, kv_tokens_read: float, tokens_computed: int, seqs: int = 0) -> float:
-        mem = (self.weights_bytes + kv_tokens_read * self.kv_bytes_per_token) / self.bandwidth
-        compute = tokens_computed * self.flops_per_token / self.flops
-        return self.step_overhead_s + seqs * self.seq_overhead_s + max(mem, compute)
+        return self.cost.seconds(kv_tokens_read, tokens_computed, seqs)
 
 
 @dataclass(eq=False)

@@ -23,7 +23,7 @@ from ..autoscaler.vllm_metrics import QUEUE_TIME_BUCKETS
 from ..estimator.catalog import resolve_model
 from ..estimator.gpus import GPUCatalog, GPUType, default_catalog
 from ..estimator.memory import ServingConfig, estimate
-from ..estimator.quantization import Quantization
+from ..estimator.quantization import Quantization, resolved
 from .cluster import (
     ClusterSim,
     KVScalePolicy,
@@ -116,7 +116,7 @@ def replica_model(sc: Scenario, catalog: GPUCatalog | None = None) -> tuple[Repl
                                             quantization=sc.quantization))
     if not est.fits:
         raise ValueError(f"{sc.model} does not fit {sc.tp}x {sc.gpu} at {sc.max_model_len}: {est.reason}")
-    return ReplicaModel.from_plan(spec, gpu, est, sc.tp), gpu
+    return ReplicaModel.from_plan(spec, gpu, est, sc.tp, quantization=resolved(spec, sc.quantization)), gpu
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ def queue_objective(slo: SLO, model: ReplicaModel, trace: list[Request]) -> floa
     median = prompts[len(prompts) // 2]
     budget = slo.ttft_s + slo.ttft_s_per_1k_input * median / 1000
     steps = -(-median // model.max_batched_tokens)
-    prefill = median * model.flops_per_token / model.flops + model.step_overhead_s * steps
+    prefill = median * model.cost.flops_per_token / model.cost.flops + model.cost.step_overhead_s * steps
     return max(QUEUE_TIME_BUCKETS[0], math.floor((budget - prefill) * 10 + 1e-9) / 10)
 
 

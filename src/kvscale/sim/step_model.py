@@ -12,6 +12,7 @@ from typing import Any
 from ..estimator.memory import CPU_BLOCK_SIZE
 from ..estimator.model_spec import from_hf_config
 from ..estimator.params import count_params
+from ..estimator.performance import StepCost
 from .engine import ReplicaModel
 from .series import mean, replay_sim
 from .traces import Request
@@ -63,11 +64,12 @@ class Calibration:
         return ReplicaModel(
             kv_blocks=cfg.num_blocks - 1,  # vLLM's usage gauge: 1 - free / (num_gpu_blocks - 1 null block)
             block_size=cfg.block_size, max_num_seqs=cfg.max_num_seqs, max_batched_tokens=cfg.max_batched_tokens,
-            weights_bytes=0.0, kv_bytes_per_token=kv_bytes,
-            bandwidth=kv_bytes / (self.per_kv_token_s * self.load_scale) if self.per_kv_token_s > 0 else 1e18,
-            flops=flops_per_token / (self.per_token_s * self.load_scale), flops_per_token=flops_per_token,
-            step_overhead_s=self.step_overhead_s * self.load_scale,
-            seq_overhead_s=self.seq_overhead_s * self.load_scale)
+            cost=StepCost(
+                kv_bytes_per_token=kv_bytes,
+                bandwidth=kv_bytes / (self.per_kv_token_s * self.load_scale) if self.per_kv_token_s > 0 else 1e18,
+                flops=flops_per_token / (self.per_token_s * self.load_scale), flops_per_token=flops_per_token,
+                step_overhead_s=self.step_overhead_s * self.load_scale,
+                seq_overhead_s=self.seq_overhead_s * self.load_scale))
 
 
 def kv_bytes_per_token(cfg: dict[str, Any]) -> float:

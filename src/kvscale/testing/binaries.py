@@ -22,6 +22,10 @@ KUBERNETES_VERSION = "1.34.4"
 ETCD_VERSION = "3.6.16"
 KWOK_VERSION = "0.8.0"
 HELM_VERSION = "3.19.5"
+#: LeaderWorkerSet, which multi-node replicas run as (v0.10.0's module zip is refused by the proxy here;
+#: v0.9.0 is the newest it serves)
+LWS_VERSION = "0.9.0"
+LWS_CRD = "config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml"
 
 K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy")
 ALL_BINARIES = (*K8S_COMMANDS, "etcd", "kwok", "helm")
@@ -134,6 +138,40 @@ def build_all(dest: Path) -> None:
         raise BinaryUnavailable(f"after building, still missing in {dest}: {', '.join(still)}")
 
 
+@dataclass(frozen=True)
+class LWS:
+    """The LeaderWorkerSet controller and its CRD, both from the upstream module."""
+
+    controller: Path
+    crd: Path
+
+
+def lws_cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "kvscale" / f"lws-{LWS_VERSION}"
+
+
+def ensure_lws() -> LWS:
+    """Build the controller (``sigs.k8s.io/lws/cmd``) and copy its CRD from the same module, once."""
+    directory = lws_cache_dir()
+    out = LWS(directory / "lws-controller", directory / "leaderworkersets.yaml")
+    if os.access(out.controller, os.X_OK) and out.crd.is_file():
+        return out
+    if shutil.which("go") is None:
+        raise BinaryUnavailable("`go` is not on PATH: it builds the LeaderWorkerSet controller")
+    directory.mkdir(parents=True, exist_ok=True)
+    env = _go_env()
+    _log(f"building LeaderWorkerSet {LWS_VERSION} into {directory} (cold: ~5 min on 2 cores)")
+    with tempfile.TemporaryDirectory(prefix="kvscale-lws-") as tmp:
+        info = subprocess.run(["go", "mod", "download", "-json", f"sigs.k8s.io/lws@v{LWS_VERSION}"], cwd=tmp,
+                              env=env, capture_output=True, text=True)
+        if info.returncode != 0:
+            raise BinaryUnavailable(f"sigs.k8s.io/lws@v{LWS_VERSION}: {info.stdout[-2000:]}{info.stderr[-2000:]}")
+        shutil.copyfile(Path(json.loads(info.stdout)["Dir"]) / LWS_CRD, out.crd)
+    _build_in_wrapper("sigs.k8s.io/lws", LWS_VERSION, {"lws-controller": "sigs.k8s.io/lws/cmd"}, directory, env)
+    return out
+
+
 def ensure_binaries() -> Binaries:
     override = os.environ.get(BIN_DIR_ENV)
     if override:
@@ -155,4 +193,5 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--which":
         print(b.path(sys.argv[2]))
     else:
-        print(f"binaries ready in {b.directory} ({time.monotonic() - started:.1f}s)")
+        lws = ensure_lws()
+        print(f"binaries ready in {b.directory} and {lws.controller.parent} ({time.monotonic() - started:.1f}s)")

@@ -42,6 +42,10 @@ SERVICE_CIDR = "10.96.0.0/16"
 STATE_FILE = "kvscale-cluster.json"
 
 
+#: the size of the last-applied annotation a client-side apply keeps (the apiserver's annotation limit)
+LAST_APPLIED_LIMIT = 256 * 1024
+
+
 class ClusterError(RuntimeError):
     pass
 
@@ -310,8 +314,12 @@ class LocalCluster:
                 if r.status_code not in (200, 201, 409):
                     raise ClusterError(f"creating node {node['metadata']['name']}: {r.status_code} {r.text[:300]}")
                 names.append(node["metadata"]["name"])
-        self._wait(lambda: self._nodes_ready(names), f"{len(names)} kwok nodes Ready", 60)
+        self.wait_nodes_ready(names)
         return names
+
+    def wait_nodes_ready(self, names: list[str], timeout: float = 60) -> None:
+        """Block until every named node reports Ready (a node a test created itself, say)."""
+        self._wait(lambda: self._nodes_ready(names), f"{len(names)} node(s) Ready: {', '.join(names)}", timeout)
 
     def _nodes_ready(self, names: list[str]) -> bool:
         with self.http() as c:
@@ -332,10 +340,14 @@ class LocalCluster:
         answers NotFound for a CRD it has not seen yet: both are retried until ``timeout``.
         """
         deadline = time.monotonic() + timeout
+        name = yaml.safe_load(manifest)["metadata"]["name"]
         while True:
-            done = [self.kubectl("apply", "-f", "-", input=manifest, check=False)]
+            # server-side: a large CRD (LeaderWorkerSet's embeds two pod templates) exceeds the 256 KiB
+            # last-applied annotation a client-side apply keeps
+            side = ["--server-side", "--force-conflicts"] if len(manifest) > LAST_APPLIED_LIMIT else []
+            done = [self.kubectl("apply", *side, "-f", "-", input=manifest, check=False)]
             if done[0].returncode == 0:
-                done.append(self.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.kvscale.io",
+                done.append(self.kubectl("wait", "--for=condition=Established", f"crd/{name}",
                                          "--timeout=30s", check=False))
                 if done[-1].returncode == 0:
                     return

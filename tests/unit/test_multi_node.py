@@ -1,0 +1,111 @@
+"""Replicas larger than a node: rendered as a LeaderWorkerSet, planned only where the cluster runs one,
+kept on a scale, and replaced by the other workload kind when the plan moves between one node and several."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvscale.operator.discovery import gpu_options
+from kvscale.operator.engine_args import conflicting_args
+from kvscale.operator.model_source import model_source
+from kvscale.operator.planning import NO_LWS
+from kvscale.operator.reconcile import child_key, reconcile
+from kvscale.operator.resource import LLMDeploymentSpec
+from kvscale.testing.fleet import NodePool, fleet_manifests
+
+from .test_operator_pure import CAT, T0, applied, at, ready
+
+H100_NODES = gpu_options(ready(fleet_manifests((NodePool(gpu="H100-80GB", nodes=4, gpus_per_node=8),))), CAT)
+
+
+def r1(**placement: Any) -> dict[str, Any]:
+    return {"model": {"name": "deepseek-ai/DeepSeek-R1"},
+            "serving": {"maxModelLen": 16384, "targetConcurrency": 8}, "placement": placement}
+
+
+def small() -> dict[str, Any]:
+    return {"model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+            "serving": {"maxModelLen": 8192, "targetConcurrency": 4}}
+
+
+def _args(container: dict[str, Any]) -> dict[str, str]:
+    args = container["args"]
+    return {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--") and not args[i + 1].startswith("--")}
+
+
+def test_deepseek_r1_on_8xh100_nodes_renders_a_group_of_two_with_the_leader_behind_the_service() -> None:
+    rec = reconcile("r1", "ns", "u", 1, r1(groupTopologyKey="example.com/block"), {}, H100_NODES, CAT, T0,
+                    multi_node=True)
+    plan = rec.status["plan"]
+    assert (plan["tensorParallelSize"], plan["pipelineParallelSize"], plan["nodesPerReplica"]) == (8, 2, 2)
+    assert "between 2 nodes" in plan["interconnect"]
+    lws, svc, pdb = rec.apply[:3]
+    assert (lws["apiVersion"], lws["kind"]) == ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
+    # not the Service's name: LeaderWorkerSet makes a headless Service of its own name for the leader's address
+    assert lws["metadata"]["name"] == "r1-lws" and svc["metadata"]["name"] == "r1"
+    group = lws["spec"]["leaderWorkerTemplate"]
+    assert group["size"] == 2 and group["restartPolicy"] == "RecreateGroupOnPodRestart"
+    assert lws["metadata"]["annotations"]["leaderworkerset.sigs.k8s.io/exclusive-topology"] == "example.com/block"
+    assert lws["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"] == {"maxUnavailable": 1, "maxSurge": 0}
+    leader, worker = (group[t]["spec"]["containers"][0] for t in ("leaderTemplate", "workerTemplate"))
+    for c in (leader, worker):  # each pod: one node's GPUs, one stage
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        got = _args(c)
+        assert (got["--tensor-parallel-size"], got["--pipeline-parallel-size"], got["--nnodes"]) == ("8", "2", "2")
+        assert got["--master-addr"] == "$(LWS_LEADER_ADDRESS)"
+    assert _args(leader)["--node-rank"] == "0" and "--headless" not in leader["args"]
+    assert _args(worker)["--node-rank"] == "$(LWS_WORKER_INDEX)" and worker["args"][-1] == "--headless"
+    assert "readinessProbe" in leader and "readinessProbe" not in worker and "ports" not in worker
+    hashes = {group[t]["metadata"]["annotations"]["kvscale.io/plan-hash"] for t in ("leaderTemplate", "workerTemplate")}
+    assert hashes == {rec.status["planHash"]}
+    anti = group["workerTemplate"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+    assert anti[0]["matchLabelKeys"] == ["leaderworkerset.sigs.k8s.io/group-key"]
+    assert svc["spec"]["selector"] == {"kvscale.io/llmdeployment": "r1", "kvscale.io/role": "leader"}
+    assert pdb["kind"] == "PodDisruptionBudget"
+
+
+def test_without_the_leaderworkerset_api_a_model_larger_than_a_node_is_refused_with_what_it_needs() -> None:
+    rec = reconcile("r1", "ns", "u", 1, r1(), {}, H100_NODES, CAT, T0, multi_node=False)
+    assert not rec.apply
+    planned = rec.conditions[0]
+    assert planned[:3] == ("Planned", False, "InsufficientGPUMemory")
+    assert "needs 2 nodes of 8x H100-80GB (TP8xPP2, fp8)" in planned[3]
+    assert any(NO_LWS in r for r in rec.status["rejected"])
+
+
+def test_a_scale_of_a_multi_node_plan_keeps_its_layout_and_pod_templates() -> None:
+    raw = {**r1(), "replicas": 1}
+    first = reconcile("r1", "ns", "u", 1, raw, {}, H100_NODES, CAT, T0, multi_node=True)
+    status = applied(first)
+    assert set(status["children"]) >= {"LeaderWorkerSet/r1-lws", "Service/r1"}
+    # two of the four nodes busy: the plan is kept all the same (a scale never re-plans)
+    rec = reconcile("r1", "ns", "u", 2, {**raw, "replicas": 2}, status, H100_NODES, CAT, at(5),
+                    children=dict(status["children"]), multi_node=True)
+    assert not rec.plan_changed and rec.status["planHash"] == status["planHash"] and not rec.delete
+    lws = rec.apply[0]
+    assert lws["spec"]["replicas"] == 2
+    assert lws["spec"]["leaderWorkerTemplate"] == first.apply[0]["spec"]["leaderWorkerTemplate"]
+
+
+def test_moving_between_one_node_and_several_replaces_the_workload_kind() -> None:
+    status = applied(reconcile("m", "ns", "u", 1, small(), {}, H100_NODES, CAT, T0, multi_node=True))
+    assert "Deployment/m" in status["children"]
+    to_multi = reconcile("m", "ns", "u", 2, r1(), status, H100_NODES, CAT, at(5),
+                         children=dict(status["children"]), multi_node=True)
+    assert to_multi.plan_changed
+    assert child_key(to_multi.apply[0]) == "LeaderWorkerSet/m-lws"
+    assert to_multi.delete == ["Deployment/m"]
+    status = applied(to_multi, status, gen=2)
+    back = reconcile("m", "ns", "u", 3, small(), status, H100_NODES, CAT, at(10),
+                     children=dict(status["children"]), multi_node=True)
+    assert child_key(back.apply[0]) == "Deployment/m" and back.delete == ["LeaderWorkerSet/m-lws"]
+    assert "pipelineParallelSize" in back.status["plan"] and back.status["plan"]["pipelineParallelSize"] is None
+
+
+def test_the_multi_node_arguments_are_the_plans_not_extra_args() -> None:
+    spec = LLMDeploymentSpec.model_validate({**small(), "vllm": {"extraArgs": ["--nnodes", "2", "--headless"]}})
+    refused = conflicting_args(spec.vllm.extra_args, model_source("m", spec))
+    assert any(m.startswith("--nnodes is planned") for m in refused)
+    assert any(m.startswith("--headless is planned") for m in refused)
