@@ -66,6 +66,24 @@ def test_deepseek_r1_on_8xh100_nodes_renders_a_group_of_two_with_the_leader_behi
     assert pdb["kind"] == "PodDisruptionBudget"
 
 
+def _gi(q: str) -> int:
+    assert q.endswith("Gi")
+    return int(q[:-2])
+
+
+def test_each_pod_of_a_group_downloads_the_whole_checkpoint_but_loads_only_its_stage() -> None:
+    """vLLM fetches every weight file on every rank whatever its stage: the disk holds the checkpoint,
+    host memory only the stage it loads."""
+    rec = reconcile("r1", "ns", "u", 1, r1(), {}, H100_NODES, CAT, T0, multi_node=True)
+    plan = rec.status["plan"]
+    group = rec.apply[0]["spec"]["leaderWorkerTemplate"]
+    checkpoint_gib = plan["weightsGiB"] * plan["tensorParallelSize"] * plan["pipelineParallelSize"]
+    for t in ("leaderTemplate", "workerTemplate"):
+        requests = group[t]["spec"]["containers"][0]["resources"]["requests"]
+        assert _gi(requests["ephemeral-storage"]) >= checkpoint_gib  # the whole checkpoint lands on each pod
+        assert _gi(requests["memory"]) < checkpoint_gib  # but only half of it passes through its memory
+
+
 def test_without_the_leaderworkerset_api_a_model_larger_than_a_node_is_refused_with_what_it_needs() -> None:
     rec = reconcile("r1", "ns", "u", 1, r1(), {}, H100_NODES, CAT, T0, multi_node=False)
     assert not rec.apply

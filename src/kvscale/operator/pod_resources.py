@@ -71,9 +71,13 @@ def shm_bytes(plan: Plan) -> int:
     return SHM_PER_GPU_BYTES * plan.gpus_per_replica
 
 
-def host_resources(plan: Plan, source: ModelSource, size_bytes: int) -> dict[str, dict[str, str]]:
-    """Requests and limits (without the GPUs) for the vLLM container."""
-    memory = (HOST_BASE_BYTES + HOST_PER_GPU_BYTES * plan.gpus_per_replica + LOAD_FACTOR * size_bytes
+def host_resources(plan: Plan, source: ModelSource, size_bytes: int,
+                   loaded_bytes: int | None = None) -> dict[str, dict[str, str]]:
+    """Requests and limits (without the GPUs) for the vLLM container. ``loaded_bytes``: the part of the
+    checkpoint this pod loads (a pipeline stage's share); a download still fetches every file, so the
+    disk is sized from the whole ``size_bytes``."""
+    loaded = size_bytes if loaded_bytes is None else loaded_bytes
+    memory = (HOST_BASE_BYTES + HOST_PER_GPU_BYTES * plan.gpus_per_replica + LOAD_FACTOR * loaded
               + shm_bytes(plan))
     requests = {"cpu": str(CPU_BASE + CPU_PER_GPU * plan.gpus_per_replica), "memory": _gib(memory)}
     limits = {"memory": _gib(memory)}

@@ -129,7 +129,7 @@ def _pod_template(name: str, spec: LLMDeploymentSpec, plan: Plan, gpu: GPUType, 
     those runs on its own node with that node's GPUs and its pipeline stage."""
     source, size, budget = sized.source, sized.checkpoint_bytes, sized.budget
     per_pod = plan if role is None else plan.model_copy(update={"gpus_per_replica": plan.tensor_parallel_size})
-    resources = merged_resources(host_resources(per_pod, source, size // plan.nodes_per_replica),
+    resources = merged_resources(host_resources(per_pod, source, size, size // plan.nodes_per_replica),
                                  spec.vllm.resources)
     gpus = str(per_pod.gpus_per_replica)
     resources["limits"][gpu.resource_name] = gpus

@@ -366,7 +366,8 @@ class PlanStatus(_Model):
     interconnect: str | None = Field(default=None, description=(
         "The links the replica's GPUs talk over (NVLink or PCIe in a node; the inter-node link across nodes)."))
     replicas_for_target: int = Field(alias="replicasForTarget", description=(
-        "Replicas needed to hold the whole target concurrency (serving.targetConcurrency)."))
+        "Replicas needed for the target: serving.slo's load within its latency targets when set, else the whole "
+        "target concurrency (serving.targetConcurrency) in KV cache."))
     weights_gib: float = Field(alias="weightsGiB", description="Weights per GPU.")
     kv_cache_gib: float = Field(alias="kvCacheGiB", description="KV cache memory per GPU.")
     kv_cache_tokens: int = Field(alias="kvCacheTokens", description="KV cache capacity per replica, in tokens.")
@@ -376,7 +377,9 @@ class PlanStatus(_Model):
         "or the operator's calibration ConfigMap), not the estimate."))
     max_concurrency: float = Field(alias="maxConcurrency", description="Sequences of maxModelLen per replica.")
     cost_per_hour: float = Field(alias="costPerHour", description="Per replica, from the GPU catalog prices.")
-    decode_tokens_per_second: float = Field(alias="decodeTokensPerSecond")
+    decode_tokens_per_second: float = Field(alias="decodeTokensPerSecond", description=(
+        "Output tokens per second per replica: served at serving.slo's load when set, else its capacity with "
+        "the KV cache full of maxModelLen sequences."))
     ttft_ms: float | None = Field(default=None, alias="ttftMs", description=(
         "Predicted time to first token per replica at serving.slo's load and percentile."))
     tpot_ms: float | None = Field(default=None, alias="tpotMs", description=(
