@@ -127,3 +127,39 @@ def test_the_multi_node_arguments_are_the_plans_not_extra_args() -> None:
     refused = conflicting_args(spec.vllm.extra_args, model_source("m", spec))
     assert any(m.startswith("--nnodes is planned") for m in refused)
     assert any(m.startswith("--headless is planned") for m in refused)
+
+
+def _group_pod(name: str, group: str, role: str, ready: bool = True, waiting: str | None = None,
+               unschedulable: bool = False) -> dict[str, Any]:
+    labels = {"kvscale.io/llmdeployment": "r1", "kvscale.io/role": role,
+              "leaderworkerset.sigs.k8s.io/group-key": group}
+    if unschedulable:
+        return {"metadata": {"name": name, "namespace": "ns", "labels": labels}, "status": {
+            "phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                                                "reason": "Unschedulable", "message": "0/4 nodes: 4 Insufficient"}]}}
+    state = {"waiting": {"reason": waiting}} if waiting else {"running": {}}
+    return {"metadata": {"name": name, "namespace": "ns", "labels": labels}, "status": {
+        "phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": str(ready)}],
+        "containerStatuses": [{"name": "vllm", "ready": ready, "state": state, "restartCount": 1 if waiting else 0,
+                               **({"lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}
+                                  if waiting else {})}]}}
+
+
+def test_a_group_counts_as_its_worst_pod_and_only_its_leader_is_scraped() -> None:
+    from kvscale.operator.autoscale import classify_pods, pod_failures, replica_groups
+
+    pods = [
+        _group_pod("ok-0", "ok", "leader"), _group_pod("ok-0-1", "ok", "worker"),
+        # the leader waits for its stage (not Ready) while the worker has no node: the group is unschedulable
+        _group_pod("stuck-0", "stuck", "leader", ready=False), _group_pod("stuck-0-1", "stuck", "worker",
+                                                                          unschedulable=True),
+        # a worker killed for memory: the group has failed, though its leader's process still runs
+        _group_pod("oom-0", "oom", "leader", ready=False), _group_pod("oom-0-1", "oom", "worker", ready=False,
+                                                                      waiting="CrashLoopBackOff"),
+    ]
+    view = classify_pods(replica_groups(pods), 8000)
+    assert [t.pod for t in view.ready] == ["ok-0"]  # a Ready worker is not a replica of its own
+    assert view.unready == [] and view.pending == 0
+    assert (view.unschedulable, view.unschedulable_reason) == (1, "0/4 nodes: 4 Insufficient")
+    assert view.failed == 1
+    assert list(pod_failures(pods)) == ["pod oom-0-1 container vllm: OOMKilled"]  # named by the pod that failed

@@ -8,7 +8,7 @@ from typing import Any
 from ..autoscaler.policy import Decision, PolicySpec
 from ..autoscaler.snapshot import ReplicaMetrics
 from ..autoscaler.sources import Target
-from .render import VLLM_CONTAINER
+from .render import LWS_GROUP_KEY, ROLE_LABEL, VLLM_CONTAINER, WORKER
 from .resource import Autoscaling
 from .startup_failures import StartupFailure
 
@@ -46,6 +46,43 @@ class PodView:
     failed: int = 0
 
 
+def _unschedulable(pod: dict[str, Any]) -> bool:
+    conds = (pod.get("status") or {}).get("conditions") or []
+    sched: dict[str, Any] = next((c for c in conds if c["type"] == "PodScheduled"), {})
+    return sched.get("status") == "False" and sched.get("reason") == "Unschedulable"
+
+
+def replica_groups(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One pod per replica: a single-node replica's pod, or the leader of a multi-node group standing for
+    its whole group. The group is as far along as its worst pod: a worker that failed makes the group
+    failed, one that cannot be scheduled (a second whole node is the usual shortage) makes it
+    unschedulable, whatever its leader reports. The leader alone is scraped (it serves the group)."""
+    def role(p: dict[str, Any]) -> str | None:
+        return (p["metadata"].get("labels") or {}).get(ROLE_LABEL)
+
+    def group(p: dict[str, Any]) -> str | None:
+        return (p["metadata"].get("labels") or {}).get(LWS_GROUP_KEY)
+
+    workers: dict[str | None, list[dict[str, Any]]] = {}
+    for p in pods:
+        if role(p) == WORKER and not p["metadata"].get("deletionTimestamp"):
+            workers.setdefault(group(p), []).append(p)
+    out = []
+    for p in pods:
+        if role(p) == WORKER:
+            continue
+        members = workers.get(group(p), []) if group(p) is not None else []
+        broken = next((w for w in members if failed_containers(w)), None)
+        stuck = next((w for w in members if _unschedulable(w)), None)
+        if failed_containers(p) or (broken is None and stuck is None):
+            out.append(p)
+        else:  # the leader with the worker's state: the group counts as that worker does
+            worst = broken or stuck
+            assert worst is not None
+            out.append({"metadata": p["metadata"], "status": worst.get("status") or {}})
+    return out
+
+
 def classify_pods(pods: list[dict[str, Any]], port: int) -> PodView:
     ready: list[Target] = []
     unready: list[Target] = []
@@ -58,10 +95,9 @@ def classify_pods(pods: list[dict[str, Any]], port: int) -> PodView:
             failed += 1
             continue
         conds = {c["type"]: c for c in st.get("conditions") or []}
-        sched = conds.get("PodScheduled")
-        if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
+        if _unschedulable(p):
             unschedulable += 1
-            reason = reason or sched.get("message", "")
+            reason = reason or conds["PodScheduled"].get("message", "")
             continue
         running = st.get("phase") == "Running" and bool(st.get("podIP"))
         target = Target(meta["namespace"], meta["name"], st.get("podIP") or "", port)

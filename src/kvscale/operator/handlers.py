@@ -48,6 +48,7 @@ from .autoscale import (
     mean_kv,
     pod_failures,
     policy_spec,
+    replica_groups,
     with_history,
 )
 from .calibration import describe, measure, observation, updated
@@ -64,9 +65,7 @@ from .render import (
     LWS_KIND,
     LWS_PLURAL,
     PLAN_HASH_ANNOTATION,
-    ROLE_LABEL,
     VLLM_CONTAINER,
-    WORKER,
     selector_string,
     workload_kind,
     workload_name,
@@ -233,10 +232,9 @@ async def gpu_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str,
 @kopf.index("", "v1", "pods", labels={INSTANCE_LABEL: kopf.PRESENT})
 async def replica_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
     """kvscale's vLLM pods by (namespace, LLMDeployment): the autoscale pass reads them here instead of
-    listing them from the API server for every object on every tick."""
+    listing them from the API server for every object on every tick. A multi-node group's workers are
+    kept too: their failures are the group's (autoscale.replica_groups)."""
     meta, st = body["metadata"], body.get("status") or {}
-    if (meta.get("labels") or {}).get(ROLE_LABEL) == WORKER:
-        return None  # a multi-node group is counted, scraped and calibrated at its leader
     return {(meta["namespace"], meta["labels"][INSTANCE_LABEL]): {
         "metadata": {k: meta.get(k) for k in ("name", "namespace", "labels", "annotations", "deletionTimestamp",
                                               "creationTimestamp") if meta.get(k) is not None},
@@ -248,8 +246,7 @@ def _pods_of(api: client.ApiClient, ns: str, name: str) -> list[dict[str, Any]]:
     if STATE.replicas is not None:
         store = STATE.replicas.get((ns, name))
         return list(store) if store is not None else []
-    leaders = f"{selector_string(name)},{ROLE_LABEL}!={WORKER}"  # a multi-node group's workers serve nothing
-    pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=leaders)
+    pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=selector_string(name))
     return [api.sanitize_for_serialization(p) for p in pods.items]  # type: ignore[no-untyped-call]
 
 
@@ -751,7 +748,7 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     ns, name = meta["namespace"], meta["name"]
     api = api_client()
     pod_dicts = _pods_of(api, ns, name)
-    view = classify_pods(pod_dicts, spec.vllm.port)
+    view = classify_pods(replica_groups(pod_dicts), spec.vllm.port)
     # a pod that never answered is still loading its model: starting, not missing; one that served and
     # now fails readiness while its process runs is read too (it may be overloaded, not idle)
     seen = STATE.serving.setdefault(key, set())
@@ -860,7 +857,7 @@ def watch_replicas(body: dict[str, Any], key: tuple[str, str]) -> None:
     # one replica is enough (all of a plan report the same), and none once the plan is measured: a fixed-size
     # fleet is not scraped every pass for what it said once
     one = [] if (status.get("plan") or {}).get("kvCacheMeasured") else \
-        [t for t in classify_pods(pod_dicts, spec.vllm.port).ready if t.pod in current][:1]
+        [t for t in classify_pods(replica_groups(pod_dicts), spec.vllm.port).ready if t.pod in current][:1]
     now = _now()
     fields: dict[str, Any] = {}
     updates: list[tuple[str, bool | str, str, str]] = []
