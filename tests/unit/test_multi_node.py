@@ -52,7 +52,7 @@ def test_deepseek_r1_on_8xh100_nodes_renders_a_group_of_two_with_the_leader_behi
         assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
         got = _args(c)
         assert (got["--tensor-parallel-size"], got["--pipeline-parallel-size"], got["--nnodes"]) == ("8", "2", "2")
-        assert got["--master-addr"] == "$(LWS_LEADER_ADDRESS)"
+        assert got["--master-addr"] == "$(LWS_LEADER_ADDRESS)" and got["--distributed-executor-backend"] == "mp"
     assert _args(leader)["--node-rank"] == "0" and "--headless" not in leader["args"]
     assert _args(worker)["--node-rank"] == "$(LWS_WORKER_INDEX)" and worker["args"][-1] == "--headless"
     assert "readinessProbe" in leader and "readinessProbe" not in worker and "ports" not in worker
@@ -123,10 +123,13 @@ def test_moving_between_one_node_and_several_replaces_the_workload_kind() -> Non
 
 
 def test_the_multi_node_arguments_are_the_plans_not_extra_args() -> None:
-    spec = LLMDeploymentSpec.model_validate({**small(), "vllm": {"extraArgs": ["--nnodes", "2", "--headless"]}})
+    spec = LLMDeploymentSpec.model_validate({**small(), "vllm": {"extraArgs": [
+        "--nnodes", "2", "--headless", "--distributed-executor-backend", "ray"]}})
     refused = conflicting_args(spec.vllm.extra_args, model_source("m", spec))
     assert any(m.startswith("--nnodes is planned") for m in refused)
     assert any(m.startswith("--headless is planned") for m in refused)
+    # a Ray backend would wait for a Ray cluster the group never starts
+    assert any(m.startswith("--distributed-executor-backend is planned") for m in refused)
 
 
 def _group_pod(name: str, group: str, role: str, ready: bool = True, waiting: str | None = None,

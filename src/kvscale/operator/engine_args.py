@@ -24,6 +24,9 @@ PLANNED_FLAGS: dict[str, str] = {
     "--nnodes": "spec.placement.maxNodesPerReplica (a replica spanning nodes is a LeaderWorkerSet group)",
     "--node-rank": "the LeaderWorkerSet (each pod's index in its group)",
     "--master-addr": "the LeaderWorkerSet (its leader's address)",
+    "--master-port": "the LeaderWorkerSet (the group's pods meet on vLLM's default port)",
+    "--distributed-executor-backend": "the plan (one node: vLLM's default; several: its own multi-node "
+                                      "multiprocessing, no Ray cluster to run)",
     "--headless": "the LeaderWorkerSet (its workers run headless)",
     "--data-parallel-size": "spec.autoscaling (replicas are kvscale's data parallelism)",
     "-dp": "spec.autoscaling (replicas are kvscale's data parallelism)",
@@ -79,7 +82,8 @@ def multi_node_args(plan: Plan, leader: bool) -> list[str]:
     args = ["--pipeline-parallel-size", str(plan.pipeline_parallel_size),
             "--nnodes", str(plan.nodes_per_replica),
             "--node-rank", "0" if leader else f"$({WORKER_INDEX_ENV})",
-            "--master-addr", f"$({LEADER_ADDRESS_ENV})", "--master-port", str(MULTI_NODE_PORT)]
+            "--master-addr", f"$({LEADER_ADDRESS_ENV})", "--master-port", str(MULTI_NODE_PORT),
+            "--distributed-executor-backend", "mp"]
     return args if leader else [*args, "--headless"]
 
 

@@ -875,9 +875,10 @@ def _estimated_blocks(status: dict[str, Any]) -> int | None:
     plan = status.get("plan") or {}
     if not plan.get("kvCacheMeasured"):
         return plan.get("kvCacheBlocks")
-    layout = (plan.get("gpu"), plan.get("tensorParallelSize"), plan.get("quantization"))
+    keys = ("gpu", "tensorParallelSize", "pipelineParallelSize", "quantization")
+    layout = tuple(plan.get(k) for k in keys)
     return next((r.get("predictedBlocks") for r in status.get("calibration") or []
-                 if (r.get("gpu"), r.get("tensorParallelSize"), r.get("quantization")) == layout), None)
+                 if tuple(r.get(k) for k in keys) == layout), None)
 
 
 def _log_head(api: client.ApiClient, ns: str, pod: str) -> str | None:
