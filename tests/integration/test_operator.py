@@ -437,5 +437,6 @@ def test_an_slo_is_planned_for_and_its_predicted_latencies_are_in_status(api, na
     cond = condition(obj, "Planned")
     assert cond["status"] == "False" and cond["reason"] == "SLOUnattainable"
     assert re.search(r"p99 TPOT [\d.]+ ms > 1 ms", cond["message"]), cond["message"]
+    assert "serves the load within the latency targets" in cond["message"]
     assert not [d for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items
                 if d.metadata.name == "impossible"]

@@ -245,6 +245,7 @@ class PlanResult(BaseModel):
     # when nothing fits: per offered GPU type, the fewest whole nodes whose memory would hold one replica
     # (no bound on nodes per replica or on the cluster's nodes), e.g. "2 nodes of 8x H100-80GB (TP8xPP2, fp8)"
     would_fit: tuple[str, ...] = ()
+    latency_targets: bool = False  # the load came with an SLO (else only its throughput was asked for)
 
     @property
     def best(self) -> Plan | None:
@@ -262,7 +263,8 @@ class PlanResult(BaseModel):
         if self.slo_bound:
             pick = min((r for r in self.rejections if r.slo_excess is not None), key=lambda r: r.slo_excess or 0)
             gpus = pick.tensor_parallel_size * pick.pipeline_parallel_size
-            return (f"no allowed option of {self.model} serves the load within the targets: "
+            within = " within the latency targets" if self.latency_targets else ""
+            return (f"no allowed option of {self.model} serves the load{within}: "
                     f"{len(self.rejections)} rejected; closest {gpus}x {pick.gpu} {pick.layout} {pick.quantization}: "
                     f"{pick.reason}")
         memory_reasons = [r for r in self.rejections if "GiB" in r.reason]
@@ -327,7 +329,8 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
                 _try_layout(spec, params, req, opt, tp, nodes, q, plans, rejections, fits_a_node)
     ranked = sorted(plans, key=lambda p: _rank_key(p, req.prefer))
     would_fit = () if ranked else _would_fit(spec, params, req)
-    return PlanResult(model=spec.name, plans=tuple(ranked), rejections=tuple(rejections), would_fit=would_fit)
+    return PlanResult(model=spec.name, plans=tuple(ranked), rejections=tuple(rejections), would_fit=would_fit,
+                      latency_targets=req.slo is not None)
 
 
 def _try_layout(spec: ModelSpec, params: ParamBreakdown, req: PlanRequest, opt: GPUOption, tp: int, pp: int,
