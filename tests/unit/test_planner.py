@@ -64,12 +64,10 @@ def test_every_option_is_either_planned_or_rejected_with_a_reason() -> None:
     req = PlanRequest(max_model_len=8192, concurrency=8, options=opts("L4", "A100-80GB"),
                       quantizations=(Quantization.AUTO, Quantization.FP8))
     result = plan(spec, req)
-    # 2 GPU types x 5 TP degrees x 2 formats in one node; fp8 fits no A100 node (no fp8 support), so it is
-    # tried again over 2, 3 and 4 nodes
-    assert len(result.plans) + len(result.rejections) == 2 * 5 * 2 + 3
-    spanning = [r for r in result.rejections if r.pipeline_parallel_size > 1]
-    assert [(r.gpu, r.quantization, r.pipeline_parallel_size) for r in spanning] == \
-        [("A100-80GB", "fp8", n) for n in (2, 3, 4)]
+    # 2 GPU types x 5 TP degrees x 2 formats in one node; fp8 runs on no A100 (no fp8 support), which more
+    # nodes would not change: no layout spans nodes
+    assert len(result.plans) + len(result.rejections) == 2 * 5 * 2
+    assert all(r.pipeline_parallel_size == 1 for r in result.rejections)
     assert all(r.reason for r in result.rejections)
     assert any("no fp8 support" in r.reason for r in result.rejections if r.gpu == "A100-80GB")
 

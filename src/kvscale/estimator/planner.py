@@ -309,7 +309,8 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
     plans: list[Plan] = []
     rejections: list[Rejection] = []
     seen: set[tuple[str, int, Quantization]] = set()
-    fits_a_node: set[tuple[str, Quantization]] = set()  # (GPU, format) with a single-node layout that fits
+    # (GPU, format) -> a single-node layout fits (True), or one was tried and ran short of memory (False)
+    node_fit: dict[tuple[str, Quantization], bool] = {}
     params = count_params(spec)
     for opt in req.options:
         degrees = [req.tensor_parallel_size] if req.tensor_parallel_size else list(TP_DEGREES)
@@ -319,14 +320,14 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
                 if (opt.gpu.name, tp, quant) in seen:
                     continue
                 seen.add((opt.gpu.name, tp, quant))
-                _try_layout(spec, params, req, opt, tp, 1, q, plans, rejections, fits_a_node)
+                _try_layout(spec, params, req, opt, tp, 1, q, plans, rejections, node_fit)
     for opt in req.options:
         for q in dict.fromkeys(resolved(spec, q) for q in req.quantizations):
-            if (opt.gpu.name, q) in fits_a_node:
-                continue  # a replica spans nodes only for a model no single node of this type holds
+            if node_fit.get((opt.gpu.name, q)) is not False:
+                continue  # a replica spans nodes only for a model no single node of this type holds in memory
             tp = req.tensor_parallel_size or opt.gpus_per_node
             for nodes in range(2, req.max_nodes_per_replica + 1):
-                _try_layout(spec, params, req, opt, tp, nodes, q, plans, rejections, fits_a_node)
+                _try_layout(spec, params, req, opt, tp, nodes, q, plans, rejections, node_fit)
     ranked = sorted(plans, key=lambda p: _rank_key(p, req.prefer))
     would_fit = () if ranked else _would_fit(spec, params, req)
     return PlanResult(model=spec.name, plans=tuple(ranked), rejections=tuple(rejections), would_fit=would_fit,
@@ -335,7 +336,7 @@ def plan(spec: ModelSpec, req: PlanRequest) -> PlanResult:
 
 def _try_layout(spec: ModelSpec, params: ParamBreakdown, req: PlanRequest, opt: GPUOption, tp: int, pp: int,
                 q: Quantization, plans: list[Plan], rejections: list[Rejection],
-                fits_a_node: set[tuple[str, Quantization]]) -> None:
+                node_fit: dict[tuple[str, Quantization], bool]) -> None:
     """Estimate one layout: a plan, or a rejection with its reason (appended)."""
     gpu, quant = opt.gpu, resolved(spec, q)
 
@@ -365,9 +366,11 @@ def _try_layout(spec: ModelSpec, params: ParamBreakdown, req: PlanRequest, opt: 
     except EstimatorError as exc:
         return reject(str(exc))
     if not est.fits:
+        if pp == 1:
+            node_fit.setdefault((gpu.name, quant), False)
         return reject(_memory_reason(est, tp, pp, gpu, req))
     if pp == 1:
-        fits_a_node.add((gpu.name, quant))
+        node_fit[(gpu.name, quant)] = True
     priced = _price(spec, params, est, opt, tp, pp, quant, req, measured=layout in req.measured_bytes)
     if isinstance(priced, SLOMiss):
         return reject(priced.reason, priced.excess)
