@@ -359,9 +359,10 @@ def predict(cost: StepCost, load: Load, limits: EngineLimits) -> ServingPredicti
         return _prediction(load, full, peak_batch, full.requests_per_s, max(0.0, backlog), True)
     held = _batch_for_rate(cost, load, limits, rate, peak_batch)
     s = _steady(cost, held, load, limits)
-    # Poisson arrivals queue for prompt room: the mean wait of an M/M/1 queue at the budget's use
+    # Poisson arrivals queue for prompt room: the mean wait of an M/M/1 queue at the budget's use, served in
+    # all of a prompt's prefill steps (as latency_percentiles has it)
     rho = min(s.budget_use, 1 - 1e-6)
-    wait = rho / (1 - rho) * s.prefill_step_s
+    wait = rho / (1 - rho) * s.prefill_steps * s.prefill_step_s
     return _prediction(load, s, held, rate, wait, False)
 
 
