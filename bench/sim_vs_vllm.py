@@ -65,13 +65,13 @@ def main() -> None:
     console.print(f"probes: step = {k.step_overhead_s * 1e3:.2f} ms + {k.seq_overhead_s * 1e3:.3f} ms x seqs + max("
                   f"{k.per_kv_token_s * 1e6:.3f} us x cached tokens read, {k.per_token_s * 1e6:.1f} us x tokens "
                   f"computed)")
-    m = c.model
+    m = c.model.cost
     console.print(f"under trace load (calibration slice) every step ran {k.load_scale:.2f}x slower: engine mean "
                   f"TPOT {k.load_tpot_real_s * 1e3:.2f} ms, simulator {k.load_tpot_sim_s * 1e3:.2f} ms; model used: "
                   f"step_overhead_s={m.step_overhead_s:.5f} seq_overhead_s={m.seq_overhead_s:.6f} "
                   f"flops={m.flops:.4g} flops_per_token={m.flops_per_token:.4g} bandwidth={m.bandwidth:.4g} "
-                  f"kv_bytes_per_token={m.kv_bytes_per_token:.0f} weights_bytes={m.weights_bytes:.0f} "
-                  f"kv_blocks={m.kv_blocks}")
+                  f"kv_bytes_per_token={m.kv_read.per_token:.0f} weights_bytes={m.dense_weight_bytes:.0f} "
+                  f"kv_blocks={c.model.kv_blocks}")
 
     t = Table(title=f"Simulator vs vLLM: {server.num_blocks} blocks x {server.block_size} tokens, max_num_seqs "
                     f"{server.max_num_seqs}, max_num_batched_tokens {server.max_batched_tokens}")

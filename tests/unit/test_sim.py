@@ -8,6 +8,7 @@ import random
 import pytest
 
 from kvscale.autoscaler.policy import PolicySpec
+from kvscale.estimator.memory import KVRead
 from kvscale.estimator.performance import StepCost
 from kvscale.sim.cluster import ClusterSim, KVScalePolicy, KVThresholdPolicy, QueueLengthPolicy, StaticPolicy
 from kvscale.sim.engine import Replica, ReplicaModel, Seq
@@ -15,8 +16,8 @@ from kvscale.sim.evaluate import SLO, Scenario, evaluate, report
 from kvscale.sim.traces import Request, load_trace
 
 MODEL = ReplicaModel(kv_blocks=200, block_size=16, max_num_seqs=64, max_batched_tokens=2048,
-                     cost=StepCost(dense_weight_bytes=16e9, kv_bytes_per_token=131072, bandwidth=2.5e11, flops=6e13,
-                                   flops_per_token=1.6e10, step_overhead_s=0.003))
+                     cost=StepCost(dense_weight_bytes=16e9, kv_read=KVRead(per_token=131072), bandwidth=2.5e11,
+                                   flops=6e13, flops_per_token=1.6e10, step_overhead_s=0.003))
 
 
 def run_replica(seqs: list[Seq], until: float = 3600, model: ReplicaModel = MODEL) -> Replica:

@@ -10,12 +10,13 @@ and calibrated on published start-up logs (``bench/estimator_accuracy.py``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import EstimatorError, InvalidParallelism
 from .gpus import GIB, GPUType
-from .kv_cache import KV_CACHE_DTYPES, KVLayout, cdiv, kv_capacity, kv_layout, layer_pages, model_dtype_bytes
+from .kv_cache import KV_CACHE_DTYPES, KVLayout, LayerPage, cdiv, kv_capacity, kv_layout, layer_pages, model_dtype_bytes
 from .model_spec import FFN, Mixer, ModelSpec
 from .params import ParamBreakdown, count_params
 from .quantization import Quantization, weight_format
@@ -61,6 +62,33 @@ class ServingConfig(BaseModel):
         return self
 
 
+@dataclass(frozen=True)
+class KVRead:
+    """The cache one sequence's step reads, by layer kind (one stage, one GPU)."""
+
+    per_token: float = 0.0  # full-attention and MLA layers: bytes per token of context
+    windowed: tuple[tuple[float, int], ...] = ()  # (bytes per token, window) of sliding-window layers
+    per_sequence: float = 0.0  # state-space and linear-attention layers: their state, whatever the context
+
+    def bytes(self, context_tokens: float, seqs: float) -> float:
+        """Bytes read for ``seqs`` sequences holding ``context_tokens`` tokens between them."""
+        window = sum(b * min(context_tokens, seqs * w) for b, w in self.windowed)
+        return context_tokens * self.per_token + window + seqs * self.per_sequence
+
+
+def kv_read(pages: list[LayerPage]) -> KVRead:
+    windows: dict[int, float] = {}
+    full = state = 0.0
+    for p in pages:
+        if p.state_bytes:
+            state += p.state_bytes
+        elif p.window:
+            windows[p.window] = windows.get(p.window, 0.0) + p.bytes_per_token
+        else:
+            full += p.bytes_per_token
+    return KVRead(per_token=full, windowed=tuple(sorted((b, w) for w, b in windows.items())), per_sequence=state)
+
+
 class MemoryEstimate(BaseModel):
     """What vLLM reports at start-up, per GPU, plus whether the target fits."""
 
@@ -79,7 +107,9 @@ class MemoryEstimate(BaseModel):
     kv_cache_tokens: int
     max_concurrency: float
     max_model_len: int
-    kv_bytes_per_token: float  # effective, at max_model_len, for one request
+    # what one decode step reads per sequence on the busiest stage's GPU (attention reads its whole context,
+    # a sliding-window layer at most its window, a state-space layer its state): for the performance model
+    kv_read: KVRead = Field(default_factory=KVRead)
     kv_groups: int  # KV cache groups of the hybrid allocator (1 for uniform models)
     max_num_batched_tokens: int
     max_num_seqs: int
@@ -216,6 +246,7 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig, params: ParamBre
     in_flight = (2 if async_scheduling and pp == 1 else pp) * tokens
     layout: KVLayout | None = None
     cap = None
+    read = KVRead()
     for stage in pp_stages(spec.num_layers, pp):
         pages = layer_pages(spec, tp, cfg.kv_cache_dtype, stage, cfg.ssm_cache_dtype)
         if not pages or all(p.kind is Mixer.NONE for p in pages):
@@ -223,7 +254,7 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig, params: ParamBre
         lay = kv_layout(pages, cfg.block_size, max_len, in_flight, prefix_caching=cfg.enable_prefix_caching)
         c = kv_capacity(lay, kv_bytes, max_len, cfg.num_gpu_blocks_override)
         if cap is None or c.num_blocks < cap.num_blocks:
-            cap, layout = c, lay
+            cap, layout, read = c, lay, kv_read(pages)
     if cap is None or layout is None:
         raise EstimatorError(f"{spec.name} has no layer that keeps a KV cache or state")
 
@@ -248,7 +279,7 @@ def estimate(spec: ModelSpec, gpu: GPUType, cfg: ServingConfig, params: ParamBre
         kv_cache_bytes=kv_bytes, num_blocks=cap.num_blocks, block_size=layout.block_size,
         block_bytes=layout.bytes_per_block,
         kv_cache_tokens=cap.tokens, max_concurrency=cap.max_concurrency, max_model_len=max_len,
-        kv_bytes_per_token=per_req_bytes / max_len, kv_groups=layout.num_groups,
+        kv_read=read, kv_groups=layout.num_groups,
         max_num_batched_tokens=tokens, max_num_seqs=seqs,
         total_params=params.total, fits=fits, reason=reason,
     )

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import EstimatorError
 from .gpus import GPUType
-from .memory import MemoryEstimate, ServingConfig, estimate
+from .memory import KVRead, MemoryEstimate, ServingConfig, estimate
 from .model_spec import FFN, ModelSpec
 from .params import ParamBreakdown, count_params
 from .quantization import Quantization, resolved
@@ -75,14 +75,14 @@ class PerfConstants(BaseModel):
 
 #: fitted by bench/perf_model_accuracy.py on the calibration half of the published measurements
 DEFAULT_CONSTANTS = PerfConstants(
-    bandwidth_efficiency=0.898,
-    attention_efficiency=0.698,
-    compute_efficiency=0.474,
-    step_overhead_s=8.62e-06,
+    bandwidth_efficiency=0.891,
+    attention_efficiency=0.710,
+    compute_efficiency=0.477,
+    step_overhead_s=1.81e-06,
     seq_overhead_s=9.19e-05,
-    layer_overhead_s=4.15e-06,
-    moe_layer_overhead_s=0.00013,
-    allreduce_latency_s=0.000122)
+    layer_overhead_s=5.51e-06,
+    moe_layer_overhead_s=0.000125,
+    allreduce_latency_s=0.000117)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class StepCost:
     Bytes and FLOPs are per GPU of one pipeline stage; ``stages`` stages run one after another.
     """
 
-    kv_bytes_per_token: float  # KV cache of one token, one stage, one GPU
+    kv_read: KVRead  # the cache a sequence's step reads, one stage, one GPU
     bandwidth: float  # bytes/s achieved reading weights
     flops: float  # FLOP/s achieved
     flops_per_token: float  # one stage, one GPU
@@ -118,7 +118,7 @@ class StepCost:
         """One step that reads ``kv_tokens_read`` cached tokens and computes ``tokens`` new ones for
         ``seqs`` scheduled sequences."""
         weights = self.dense_weight_bytes + self.expert_weight_bytes * self.touched_expert_share(tokens)
-        memory = weights / self.bandwidth + kv_tokens_read * self.kv_bytes_per_token / (
+        memory = weights / self.bandwidth + self.kv_read.bytes(kv_tokens_read, seqs) / (
             self.kv_bandwidth or self.bandwidth)
         compute = tokens * self.flops_per_token / self.flops
         comm = self.comm_fixed_s + tokens * self.comm_per_token_s if tokens > 0 else 0.0
@@ -139,6 +139,11 @@ def achieved_bandwidth(gpu: GPUType) -> float:
     return (gpu.achieved_bandwidth_gbps or gpu.bandwidth_gbps * TYPICAL_BANDWIDTH_SHARE) * 1e9
 
 
+#: the catalog's link_gbps counts both directions, as data sheets do (NVLink 4: 900 GB/s = 450 each way); a
+#: ring all-reduce sends one way at a time over each GPU's link
+LINK_DIRECTIONS = 2
+
+
 def achieved_flops(gpu: GPUType, quantization: Quantization) -> float:
     """Dense FLOP/s a large GEMM reaches: fp8 weights on a GPU with fp8 tensor cores run the fp8 rate."""
     bf16 = (gpu.achieved_bf16_tflops or gpu.bf16_tflops * TYPICAL_GEMM_SHARE) * 1e12
@@ -153,7 +158,7 @@ def step_cost(spec: ModelSpec, params: ParamBreakdown, gpu: GPUType, est: Memory
               constants: PerfConstants = DEFAULT_CONSTANTS) -> StepCost:
     """The step cost of one replica of ``spec`` laid out TP x PP on ``gpu`` as ``est`` sizes it."""
     expert_share = params.expert_linear / params.total if params.total and spec.moe else 0.0
-    link = gpu.link_gbps * 1e9
+    link = gpu.link_gbps * 1e9 / LINK_DIRECTIONS
     hidden_bytes = spec.hidden_size * ACTIVATION_BYTES
     # a ring all-reduce moves 2 (tp - 1) / tp of the tensor through each GPU's link; two per layer
     # (after attention and after the MLP)
@@ -163,7 +168,7 @@ def step_cost(spec: ModelSpec, params: ParamBreakdown, gpu: GPUType, est: Memory
     hops = pp - 1
     moe_layers = sum(1 for f in spec.ffns if f is FFN.MOE) if spec.moe else 0
     return StepCost(
-        kv_bytes_per_token=est.kv_bytes_per_token,
+        kv_read=est.kv_read,
         bandwidth=achieved_bandwidth(gpu) * constants.bandwidth_efficiency,
         kv_bandwidth=achieved_bandwidth(gpu) * constants.attention_efficiency,
         flops=achieved_flops(gpu, quantization) * constants.compute_efficiency,
@@ -448,7 +453,8 @@ def latency_percentiles(pred: ServingPrediction, load: Load, percentile: float) 
     mean step time is a binomial mixture over output - 1 steps (normal approximation, held between the two
     step times). TTFT: its prefill steps, one step in progress, and the queue: a saturated closed loop waits
     its mean; Poisson arrivals wait for prompt room like an M/M/1 queue at the budget's use rho
-    (P(wait > w) = rho exp(-(1 - rho) w / s), s one prompt's prefill steps)."""
+    (P(wait > w) = rho exp(-(1 - rho) w / s), s one prompt's prefill steps) and, beyond capacity, behind a
+    backlog that grows evenly through the run."""
     z = statistics.NormalDist().inv_cdf(min(0.9999, max(0.5, percentile / 100)))
     n = max(1, load.output_tokens - 1)
     share = pred.prefill_share
@@ -459,7 +465,9 @@ def latency_percentiles(pred: ServingPrediction, load: Load, percentile: float) 
     wait = pred.queue_ms
     tail = 1 - percentile / 100
     rho = min(pred.budget_use, 1 - 1e-6)
-    if load.request_rate is not None and not pred.saturated:
+    if load.request_rate is not None:
         wait = service / (1 - rho) * math.log(rho / tail) if rho > tail else 0.0
+        if pred.saturated:  # and the backlog, which grows through the run: its p-th request waits p x twice the mean
+            wait += 2 * percentile / 100 * pred.queue_ms
     ttft = wait + service + max(pred.prefill_step_ms, pred.decode_step_ms)
     return ttft, tpot

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..estimator.memory import CPU_BLOCK_SIZE
+from ..estimator.memory import CPU_BLOCK_SIZE, KVRead
 from ..estimator.model_spec import from_hf_config
 from ..estimator.params import count_params
 from ..estimator.performance import StepCost
@@ -65,7 +65,7 @@ class Calibration:
             kv_blocks=cfg.num_blocks - 1,  # vLLM's usage gauge: 1 - free / (num_gpu_blocks - 1 null block)
             block_size=cfg.block_size, max_num_seqs=cfg.max_num_seqs, max_batched_tokens=cfg.max_batched_tokens,
             cost=StepCost(
-                kv_bytes_per_token=kv_bytes,
+                kv_read=KVRead(per_token=kv_bytes),
                 bandwidth=kv_bytes / (self.per_kv_token_s * self.load_scale) if self.per_kv_token_s > 0 else 1e18,
                 flops=flops_per_token / (self.per_token_s * self.load_scale), flops_per_token=flops_per_token,
                 step_overhead_s=self.step_overhead_s * self.load_scale,
