@@ -175,3 +175,14 @@ def test_checkpoint_quantization_cannot_be_replaced() -> None:
                                     quantizations=(Quantization.AUTO, Quantization.BF16)))
     assert result.best is not None and result.best.quantization is Quantization.MXFP4
     assert any("already quantized" in r.reason for r in result.rejections)
+
+
+def test_replicas_are_counted_per_node_where_tp_leaves_gpus_idle() -> None:
+    # two 6-GPU nodes: 12 GPUs, but a TP4 replica needs its 4 on one node, so they hold 2 replicas, not 3
+    spec = resolve_model("meta-llama/Llama-3.1-70B-Instruct")
+    pool = (GPUOption(gpu=CAT.get("H100-80GB"), gpus_per_node=6, nodes=2),)
+    fits = plan(spec, PlanRequest(max_model_len=32768, concurrency=20, tensor_parallel_size=4, options=pool))
+    assert fits.best is not None and fits.best.replicas == 2
+    more = plan(spec, PlanRequest(max_model_len=32768, concurrency=40, tensor_parallel_size=4, options=pool))
+    assert not more.plans
+    assert "replicas x 4 GPUs; the cluster's 2 H100-80GB nodes of 6 hold 2" in more.rejections[0].reason

@@ -128,6 +128,7 @@ def test_plan_cli_shows_predicted_latency_per_plan(capsys: Any) -> None:
     (["--requests-per-second", "2", "--mean-input-tokens", "60000", "--mean-output-tokens", "1000", "--ttft", "30"],
      "a mean request of 60,000 + 1,000 tokens exceeds max_model_len 8,192"),
     (["--clients", "4", "--tpot", "50", "--percentile", "100"], "--percentile must be in [50, 100), got 100"),
+    (["--clients", "4", "--percentile", "90"], "--percentile: it is the percentile of --ttft/--tpot"),
 ])
 def test_plan_refuses_a_load_it_cannot_mean_in_one_line(capsys: Any, argv: list[str], says: str) -> None:
     try:

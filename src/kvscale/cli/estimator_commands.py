@@ -51,7 +51,7 @@ def add_estimator_commands(sub: Any) -> None:
                     help="SLO: time to first token, seconds, at --percentile (needs a load)")
     pl.add_argument("--tpot", type=positive_float("--tpot"),
                     help="SLO: time per output token, milliseconds, at --percentile (needs a load)")
-    pl.add_argument("--percentile", type=percentile, default=99.0, help="of the SLO, over requests (default 99)")
+    pl.add_argument("--percentile", type=percentile, help="of the SLO, over requests (default 99)")
     pl.add_argument("--gpus", nargs="+", help="allowed GPU types, optionally NAME:GPUS_PER_NODE (default: all)")
     pl.add_argument("--quantizations", nargs="+", type=quant, default=[Quantization.AUTO])
     pl.add_argument("--max-gpus-per-replica", type=positive_int("--max-gpus-per-replica"), default=8)
@@ -138,7 +138,10 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     if args.ttft or args.tpot:
         if load is None:
             raise UsageError("--ttft/--tpot: give the load they hold at (--requests-per-second or --clients)")
-        slo = LatencySLO(ttft_seconds=args.ttft, tpot_milliseconds=args.tpot, percentile=args.percentile)
+        slo = LatencySLO(ttft_seconds=args.ttft, tpot_milliseconds=args.tpot,
+                         **({} if args.percentile is None else {"percentile": args.percentile}))
+    elif args.percentile is not None:
+        raise UsageError("--percentile: it is the percentile of --ttft/--tpot; give one of them")
     req = PlanRequest(
         max_model_len=max_len, concurrency=args.concurrency if load is None else None, load=load, slo=slo,
         options=_options(args), quantizations=tuple(args.quantizations),

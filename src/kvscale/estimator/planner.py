@@ -374,12 +374,14 @@ def _try_layout(spec: ModelSpec, params: ParamBreakdown, req: PlanRequest, opt: 
     priced = _price(spec, params, est, opt, tp, pp, quant, req, measured=layout in req.measured_bytes)
     if isinstance(priced, SLOMiss):
         return reject(priced.reason, priced.excess)
-    if opt.nodes is not None and priced.replicas * pp > opt.nodes and pp > 1:
+    cap = _replica_cap(opt, tp, pp)
+    if cap is not None and priced.replicas > cap and pp > 1:
         return reject(f"needs {priced.replicas} replicas x {pp} nodes = {priced.replicas * pp} {gpu.name} nodes; "
                       f"the cluster has {opt.nodes}")
-    if opt.nodes is not None and priced.total_gpus > opt.nodes * opt.gpus_per_node:
-        return reject(f"needs {priced.replicas} replicas x {priced.gpus_per_replica} GPUs = {priced.total_gpus}; "
-                      f"the cluster has {opt.nodes * opt.gpus_per_node} {gpu.name}")
+    if cap is not None and priced.replicas > cap:
+        # a replica's GPUs are on one node: TP3 on 8-GPU nodes leaves 2 GPUs of each idle
+        return reject(f"needs {priced.replicas} replicas x {priced.gpus_per_replica} GPUs; the cluster's {opt.nodes} "
+                      f"{gpu.name} nodes of {opt.gpus_per_node} hold {cap}")
     plans.append(priced)
 
 
