@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,10 @@ def test_replicas_share_the_model_cache_and_a_drain_evicts_them_one_at_a_time(
                         "second replica Ready", every=2)
         second = next(p for p in both if p.metadata.name != first.metadata.name)
         assert mirror.downloads(".safetensors") == weights  # the second read the cache: no new download
+        # and the graphs the first compiled: vLLM's compile cache lives on the same volume
+        log = core.read_namespaced_pod_log(second.metadata.name, ns, container="vllm")
+        assert re.search(r"Directly load (AOT compilation from path /models-cache/vllm/|the compiled graph)", log), \
+            log[-3000:]
         t_first, t_second = start_seconds(first), start_seconds(second)
         assert {p.spec.node_name for p in both} == {y}
 

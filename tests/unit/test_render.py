@@ -172,6 +172,7 @@ def test_hf_token_is_a_secret_reference_and_the_cache_claim_is_created_with_the_
     token = next(e for e in c["env"] if e["name"] == "HF_TOKEN")
     assert token == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
     assert {"name": "HF_HOME", "value": "/models-cache"} in c["env"]
+    assert {"name": "VLLM_CACHE_ROOT", "value": "/models-cache/vllm"} in c["env"]  # compiled graphs shared too
     assert any(m["mountPath"] == "/models-cache" and not m["readOnly"] for m in c["volumeMounts"])
     claim = objs["PersistentVolumeClaim"]
     assert claim["metadata"]["name"] == "chat-model-cache"
@@ -185,6 +186,7 @@ def test_hf_token_is_a_secret_reference_and_the_cache_claim_is_created_with_the_
     assert "PersistentVolumeClaim" not in ro
     env = pod_of(ro)["containers"][0]["env"]
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in env
+    assert not any(e["name"] == "VLLM_CACHE_ROOT" for e in env)  # a read-only volume takes no compile cache
 
 
 def test_pvc_and_object_storage_uris_load_as_their_scheme_says() -> None:

@@ -16,6 +16,11 @@ from typing import Any
 from .resource import CacheAccessMode, LLMDeploymentSpec
 
 CACHE_MOUNT = "/models-cache"  # HF_HOME of the replicas when a cache volume is mounted
+#: vLLM's own cache (torch.compile artifacts) on a writable cache volume: a restart or a new replica of the
+#: same engine arguments loads the compiled graphs instead of compiling again (vLLM's torch.compile design
+#: notes: the cache directory may be copied between deployments; the artifacts are written atomically
+#: since torch 2.10, so replicas starting together may share it)
+COMPILE_CACHE = f"{CACHE_MOUNT}/vllm"
 PVC_MOUNT = "/mnt/models"  # where pvc:// claims are mounted (one directory per claim)
 STREAMER_LOAD_FORMAT = "runai_streamer"
 
@@ -76,6 +81,8 @@ def model_source(name: str, spec: LLMDeploymentSpec) -> ModelSource:
     env = [*env, {"name": "HF_HOME", "value": CACHE_MOUNT}]
     if read_only:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # filled already: never reach for the Hub
+    else:
+        env.append({"name": "VLLM_CACHE_ROOT", "value": COMPILE_CACHE})
     return ModelSource(
         uri, Origin.CACHE, env=env, env_from=env_from,
         volumes=[{"name": "model-cache", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}],
