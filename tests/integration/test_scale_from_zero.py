@@ -51,6 +51,11 @@ def test_one_to_zero_to_one(api, namespace: str, operator) -> None:  # type: ign
             wait_for(lambda: (d := apps.read_namespaced_deployment("zero", namespace)).status.ready_replicas == 1
                      and d, 60, "the first replica")
             wait_for(lambda: replicas() == 0, 90, "idle, no demand at the gateway: scale to zero")
+            # the scale-down is on record for a restarted operator or a new leader (the scale-down period)
+            kept = wait_for(lambda: (objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "zero")
+                                     ["status"].get("autoscaler") or {}).get("lastScaleDownTime"), 30,
+                            "the scale-down time in status.autoscaler")
+            assert 0 <= time.time() - kept < 120
             wait_for(lambda: apps.read_namespaced_deployment("zero", namespace).spec.replicas == 0, 30,
                      "the Deployment at zero")
 

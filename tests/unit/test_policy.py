@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 from kvscale.autoscaler.policy import Decision, PolicySpec, PolicyState, decide
 from kvscale.autoscaler.snapshot import ReplicaMetrics, Snapshot
@@ -216,11 +217,15 @@ def test_a_shrunk_fleet_is_measured_before_it_shrinks_again() -> None:
     assert d.desired == 5, d.reason
 
 
-def closed_loop(spec: PolicySpec, slow_at: set[int], until: int, start: int = 2) -> list[tuple[int, int]]:
+def closed_loop(spec: PolicySpec, slow_at: set[int], until: int, start: int = 2, restart_at: int | None = None,
+                restarted: Callable[[PolicyState], PolicyState] = lambda s: PolicyState()) -> list[tuple[int, int]]:
     """Drive ``decide`` with its own replica count: 50 requests per pod per 15 s, 40 % of them slow in the
-    ticks listed (a burst), none otherwise. Returns (t, desired) per tick."""
+    ticks listed (a burst), none otherwise; at ``restart_at`` the operator restarts with ``restarted(state)``.
+    Returns (t, desired) per tick."""
     state, replicas, counts, out = PolicyState(), start, {}, []
     for t in range(0, until, 15):
+        if t == restart_at:
+            state = restarted(state)
         for i in range(replicas):
             total, slow = counts.get(f"p{i}", (0.0, 0.0))
             counts[f"p{i}"] = (total + 50, slow + (20 if t in slow_at else 0))
@@ -244,6 +249,37 @@ def test_recurring_bursts_keep_the_capacity_they_needed() -> None:
     assert twice[-1][1] < held[0]  # until the memory has passed since the last burst
     forgetful = closed_loop(PolicySpec(**{**spec.__dict__, "burst_memory_s": 0.0}), {60, 300}, 900)
     assert max(n for t, n in forgetful if t >= 600) < held[0], forgetful
+
+
+def test_a_restarted_operator_keeps_the_burst_memory_and_scale_down_period_it_recorded() -> None:
+    from kvscale.autoscaler.state_record import recalled, remembered
+    spec = PolicySpec(**{**QSPEC.__dict__, "scale_down_window_s": 60, "queue_window_s": 30, "panic_window_s": 15,
+                         "max_scale_down_fraction": 1.0, "burst_memory_s": 900})
+    kept = closed_loop(spec, {60, 300}, 1500)
+    # restarted at 600 s, inside the memory of the two bursts: from status, as if it had never stopped
+    through_status = closed_loop(spec, {60, 300}, 1500, restart_at=600,
+                                 restarted=lambda s: recalled(remembered(s), PolicyState()))
+    assert through_status == kept
+    # with nothing recorded, the new process forgets the bursts and shrinks the fleet inside the memory
+    forgot = closed_loop(spec, {60, 300}, 1500, restart_at=600)
+    held = max(n for t, n in kept if t >= 600)
+    assert min(n for t, n in forgot if 600 <= t < 1200) < held, forgot
+    # the scale-down period too: a scale-down recorded just before the restart holds the next one
+    period = PolicySpec(min_replicas=1, max_replicas=20, scale_down_window_s=0, max_scale_down_fraction=0.25,
+                        scale_down_period_s=120)
+    state, d = decide(snap(0, 8, [0.05] * 8), PolicyState(), period)
+    assert d.desired == 6
+    after = recalled(remembered(state), PolicyState())
+    _, d = decide(snap(60, 6, [0.05] * 6), after, period)
+    assert d.desired == 6  # 60 s after the last scale-down, less than the 120 s period
+    _, d = decide(snap(60, 6, [0.05] * 6), PolicyState(), period)
+    assert d.desired < 6  # what a process that forgot it would have done
+
+
+def test_an_unreadable_record_recalls_nothing() -> None:
+    from kvscale.autoscaler.state_record import recalled
+    for bad in (None, "x", {"lastScaleDownTime": "soon"}, {"burstReplicas": [{"time": 1}]}):
+        assert recalled(bad, PolicyState()) == PolicyState()  # type: ignore[arg-type]
 
 
 def test_burst_memory_runs_from_the_latest_burst() -> None:

@@ -155,6 +155,10 @@ STATUS_ATTEMPTS = 10
 CONFLICT_PAUSE_S = (0.02, 0.2)
 
 
+#: status maps written whole: a key the new value leaves out is removed, not kept
+WHOLE_MAPS = ("children", "autoscaler")
+
+
 def update_status(api: client.ApiClient, namespace: str, name: str, fields: dict[str, Any],
                   condition_updates: Sequence[tuple[str, bool | str, str, str]], now: str,
                   attempts: int = STATUS_ATTEMPTS,
@@ -183,8 +187,9 @@ def update_status(api: client.ApiClient, namespace: str, name: str, fields: dict
             new = c.set_condition(new, ctype, ok, reason, message, gen, now)
         new = c.set_condition(new, c.READY, *c.readiness(new), gen, now)
         changed = {k: v for k, v in fields.items() if status.get(k) != v}
-        if isinstance(changed.get("children"), dict):  # a merge patch keeps map keys it does not name
-            changed["children"] = {**{k: None for k in status.get("children") or {}}, **changed["children"]}
+        for whole in WHOLE_MAPS:  # a merge patch keeps map keys it does not name
+            if isinstance(changed.get(whole), dict):
+                changed[whole] = {**{k: None for k in status.get(whole) or {}}, **changed[whole]}
         if not changed and c.same_conditions(new, conds):
             if known is not None and obj is not current:
                 known(str(obj["metadata"]["resourceVersion"]))

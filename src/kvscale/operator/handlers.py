@@ -20,6 +20,7 @@ from kubernetes import client, config
 from ..autoscaler.policy import PolicyState, activate, decide
 from ..autoscaler.snapshot import ReplicaMetrics, Snapshot
 from ..autoscaler.sources import MetricsSource, PodScrapeSource, PrometheusSource
+from ..autoscaler.state_record import recalled, remembered
 from ..estimator.errors import EstimatorError
 from ..estimator.gpus import GPUCatalog, load_catalog, load_prices
 from . import conditions as c
@@ -776,7 +777,8 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     snap = Snapshot(now=time.time(), replicas=current, ready=readings.metrics, missing=missing,
                     pending=pending, unschedulable=view.unschedulable,
                     unschedulable_reason=view.unschedulable_reason, failed=view.failed, errors=errors)
-    state = STATE.policy.get(key, PolicyState())
+    # an object this process holds no state for (a restart, a new leader): what the last decision kept
+    state = STATE.policy.get(key) or recalled(status.get("autoscaler"), PolicyState())
     state, decision = decide(snap, state, policy_spec(spec.autoscaling))
     act = spec.autoscaling.activation
     activation_error = ""
@@ -829,6 +831,9 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
         client.CustomObjectsApi(api).patch_namespaced_custom_object_scale(
             GROUP, VERSION, ns, PLURAL, name, {"spec": {"replicas": decision.desired}}, field_manager=FIELD_MANAGER)
     STATE.policy[key] = state  # committed once what it records (a scale-down time, panic) has happened
+    kept = remembered(state)
+    if kept != (status.get("autoscaler") or {}):
+        fields["autoscaler"] = kept
     _write_status(api, ns, name, fields, updates, now, generation=int(meta.get("generation") or 0) or None,
                   trust_copy=not changes)  # after a scale write the watch's copy is older for sure
     if changes:

@@ -401,6 +401,32 @@ class DecisionRecord(_Model):
     applied: bool = True
 
 
+class BurstReplicas(_Model):
+    time: float
+    replicas: int
+
+
+class TooSmall(_Model):
+    replicas: int
+    time: float
+
+
+class AutoscalerRecord(_Model):
+    """What the autoscaler keeps beyond one window, so that a restarted operator or a new leader decides as
+    the last one would. Times are Unix seconds."""
+
+    last_scale_down_time: float | None = Field(default=None, alias="lastScaleDownTime", description=(
+        "The last scale-down: the next waits autoscaling.scaleDownPeriodSeconds from it."))
+    panic_until: float | None = Field(default=None, alias="panicUntil", description=(
+        "Until when a panic (a burst beyond the fleet) holds scale-down."))
+    burst_times: list[float] = Field(default_factory=list, alias="burstTimes", max_length=64, description=(
+        "When episodes of queue-driven growth began (autoscaling.burstMemorySeconds)."))
+    burst_replicas: list[BurstReplicas] = Field(default_factory=list, alias="burstReplicas", max_length=64,
+                                                description="Fleet sizes queue bursts grew to, for the burst memory.")
+    too_small: TooSmall | None = Field(default=None, alias="tooSmall", description=(
+        "The fleet size that last missed the queue-time objective: no scale-down to it for a window."))
+
+
 class EstimatorCheck(_Model):
     predicted_blocks: int = Field(alias="predictedBlocks")
     observed_blocks: int = Field(alias="observedBlocks")
@@ -478,6 +504,7 @@ class LLMDeploymentStatus(_Model):
     kv_cache_utilization: str | None = Field(default=None, alias="kvCacheUtilization")
     last_decision: DecisionRecord | None = Field(default=None, alias="lastDecision")
     history: list[DecisionRecord] = Field(default_factory=list, max_length=20)
+    autoscaler: AutoscalerRecord | None = None
     estimator_check: EstimatorCheck | None = Field(default=None, alias="estimatorCheck")
     startup_failures: list[StartupFailureRecord] = Field(default_factory=list, alias="startupFailures",
                                                          max_length=10, description=(
