@@ -22,6 +22,7 @@ from kvscale.estimator.performance import (
     EngineLimits,
     Load,
     StepCost,
+    engine_limits,
     latency_percentiles,
     predict,
     predict_serving,
@@ -41,8 +42,7 @@ def cost_of(model: str, gpu: str, tp: int = 1, q: Quantization = Quantization.AU
     assert est.fits
     resolved = q if q is not Quantization.AUTO else Quantization.BF16
     cost = step_cost(spec, count_params(spec), CAT.get(gpu), est, tp, quantization=resolved)
-    return cost, EngineLimits(max_num_seqs=est.max_num_seqs, max_num_batched_tokens=est.max_num_batched_tokens,
-                              kv_cache_tokens=est.kv_cache_tokens)
+    return cost, engine_limits(est)
 
 
 def test_a_single_sequence_decodes_at_the_pace_its_weights_stream() -> None:
@@ -108,9 +108,8 @@ def test_percentiles_bracket_the_mean() -> None:
     load = Load(input_tokens=2000, output_tokens=100, request_rate=5.0)
     pred = predict(cost, load, limits)
     ttft99, tpot99 = latency_percentiles(pred, load, 99)
-    ttft50, tpot50 = latency_percentiles(pred, load, 50)
+    ttft50, _ = latency_percentiles(pred, load, 50)
     assert 0 < pred.prefill_share < 1
-    assert tpot50 == pytest.approx(pred.tpot_ms)
     assert pred.tpot_ms < tpot99 <= pred.prefill_step_ms  # no request is slower than every step carrying a chunk
     assert ttft50 < ttft99 and ttft99 >= pred.prefill_steps * pred.prefill_step_ms
 

@@ -111,7 +111,11 @@ def test_a_model_larger_than_a_node_spans_whole_nodes_one_stage_per_node() -> No
     # the busiest stage holds 31 of 61 layers (vLLM gives the extra layer to the first stage) and the embedding
     one_stage = estimate(spec, CAT.get("H100-80GB"), ServingConfig(tensor_parallel_size=8, max_model_len=16384))
     assert 0.5 < best.memory.weights_bytes / one_stage.weights_bytes < 31 / 61 + 0.01
-    # the hand-off between stages is charged: a token crosses the link once per step
+    # the hand-off between stages is charged: a token crosses the link once per step, slower over a slower link
+    slow = plan(spec, PlanRequest(max_model_len=16384, concurrency=8, options=opts("H100-80GB", per_node=8),
+                                  inter_node_gbits=25)).best
+    assert slow is not None and slow.layout == best.layout
+    assert slow.inter_token_latency_ms > best.inter_token_latency_ms
     one_node = next(p for p in plan(spec, PlanRequest(max_model_len=16384, concurrency=8,
                                                       options=opts("H200", per_node=8))).plans)
     assert one_node.nodes_per_replica == 1 and one_node.pipeline_parallel_size == 1

@@ -52,6 +52,7 @@ def test_kv_too_small_reserves_what_vllm_did_not_have_and_moves_to_the_next_layo
         assert again["kvCacheGiB"] <= first["kvCacheGiB"] - record["missingGiB"] + 0.01
     assert any("failed to start" in r for r in rec.status["rejected"])
     assert [e.reason for e in rec.events][:1] == ["Replanning"]
+    assert rec.events[0].message.startswith(f"{record['gpu']} TP{record['tensorParallelSize']} (")  # the layout
 
 
 def test_a_fixed_tensor_parallel_size_stays_fixed_and_the_spec_is_reported_unplannable() -> None:

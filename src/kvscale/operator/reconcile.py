@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..estimator.gpus import GPUCatalog
-from ..estimator.planner import GPUOption, Plan
+from ..estimator.planner import GPUOption, Plan, layout_name
 from . import conditions as c
 from .calibration import measured_bytes
 from .engine_args import conflicting_args
@@ -132,7 +132,8 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
     was_planned = (c.get_condition(conds, c.PLANNED) or {}).get("status") == "True"
     if replan_failed and was_planned:  # once: a re-plan that found nothing leaves Planned False, and says why
         last = failures[-1]
-        out.events.append(Event("Warning", "Replanning", f"{last['gpu']} x{last['tensorParallelSize']} "
+        layout = layout_name(last["tensorParallelSize"], last.get("pipelineParallelSize") or 1)
+        out.events.append(Event("Warning", "Replanning", f"{last['gpu']} {layout} "
                                 f"({last['quantization']}) failed to start: {last['message']}; planning again "
                                 f"({len(failures)} of {MAX_STARTUP_REPLANS})"))
     since = status.get("planUnavailableSince")
@@ -222,7 +223,7 @@ def reconcile(name: str, namespace: str, uid: str, generation: int, raw_spec: di
 
 
 def _calibrated_event(p: Plan, current: dict[str, Any]) -> Event:
-    return Event("Normal", "Calibrated", f"{p.gpu} x{p.tensor_parallel_size}: KV cache {p.memory.num_blocks:,} "
+    return Event("Normal", "Calibrated", f"{p.gpu} {p.layout}: KV cache {p.memory.num_blocks:,} "
                  f"blocks ({p.memory.kv_cache_tokens:,} tokens) as "
                  f"{'measured on a live replica' if p.measured else 'estimated'}, was "
                  f"{int(current.get('kvCacheBlocks') or 0):,}; {p.replicas} replica(s) for the target")
