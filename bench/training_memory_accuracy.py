@@ -38,6 +38,7 @@ from kvscale.estimator.training import (
     TrainMode,
     estimate_training,
 )
+from kvscale.estimator.training_params import ALL_LINEAR
 
 DATA = Path(__file__).parent / "data" / "published_training_memory.json"
 CONFIGS = Path(__file__).parent / "data" / "training_model_configs.json"
@@ -70,6 +71,25 @@ def _model(name: str | None) -> ModelSpec | str:
     return f"{name} not in the offline catalog"
 
 
+#: the frameworks' names for the layers LoRA targets -> the Hugging Face module names the estimator uses
+LORA_TARGET_NAMES: dict[str, tuple[str, ...]] = {
+    "output_proj": ("o_proj",), "mlp": ("gate_proj", "up_proj", "down_proj"),  # torchtune
+    "query": ("q_proj",), "key": ("k_proj",), "value": ("v_proj",),  # litgpt
+    "all-linear": ALL_LINEAR, "all": ALL_LINEAR,  # PEFT's and LLaMA-Factory's shorthand
+}
+
+
+def lora_targets(given: list[str] | None) -> tuple[str, ...] | str:
+    if not given:
+        return ALL_LINEAR
+    out: list[str] = []
+    for name in given:
+        if name == "output":
+            return "LoRA on the output projection (lm_head): not modelled"
+        out.extend(LORA_TARGET_NAMES.get(name, (name,)))
+    return tuple(dict.fromkeys(out))
+
+
 def config(r: dict[str, Any]) -> TrainingConfig | str:
     opt = (r.get("optimizer") or "adamw").lower()
     if "galore" in opt:
@@ -92,10 +112,14 @@ def config(r: dict[str, Any]) -> TrainingConfig | str:
     stated = r.get("activation_checkpointing") or next(
         (v for k, v in CHECKPOINTING_DEFAULTS.items() if r["id"].startswith(k)), "")
     ckpt = {"full": Checkpointing.FULL, "selective": Checkpointing.SELECTIVE}.get(stated, Checkpointing.NONE)
+    targets = lora_targets(r.get("lora_targets"))
+    if isinstance(targets, str):
+        return targets
     try:
         return TrainingConfig(mode=TrainMode(r["mode"]), gpus=gpus, sharding=sharding, precision=precision,
                               optimizer=optimizer, offload=offload, micro_batch=int(r.get("micro_batch") or 1),
                               seq_len=int(r.get("seq_len") or 2048), checkpointing=ckpt,
+                              gradient_accumulation=int(r.get("grad_accumulation") or 1), lora_targets=targets,
                               eager_attention=r.get("attention") == "eager",
                               lora_rank=int(r.get("lora_rank") or 8))
     except ValueError as exc:
@@ -107,6 +131,9 @@ def run() -> dict[str, Any]:
     gpu = default_catalog().get("H100-80GB")  # the total does not depend on the card; only "fits" would
     rows, skipped = [], []
     for r in records:
+        if r.get("excluded"):  # what the record measures cannot be told from its source (the reason is in it)
+            skipped.append((r["id"], f"excluded: {r['excluded']}"))
+            continue
         spec, cfg = _model(r.get("model")), config(r)
         if isinstance(spec, str) or isinstance(cfg, str):
             skipped.append((r["id"], spec if isinstance(spec, str) else cfg))

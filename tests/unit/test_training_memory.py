@@ -34,6 +34,18 @@ def test_model_states_per_parameter_are_the_zero_papers(sharding: Sharding, byte
     assert held / est.trainable_params == pytest.approx(bytes_per_param, rel=1e-6)
 
 
+@pytest.mark.parametrize(("sharding", "offload"), [
+    (Sharding.ZERO2, Offload.OPTIMIZER), (Sharding.ZERO3, Offload.PARAMS), (Sharding.FSDP, Offload.PARAMS)])
+def test_an_optimizer_stepping_on_the_host_takes_the_gradients_there(sharding: Sharding, offload: Offload) -> None:
+    # ZeRO-Offload moves each reduced gradient partition to host memory for the CPU optimizer; FSDP's
+    # CPUOffload(offload_params=True) keeps parameters and gradients on the CPU
+    on_gpu = estimate_training(LLAMA_8B, H100, TrainingConfig(gpus=8, sharding=sharding))
+    est = estimate_training(LLAMA_8B, H100, TrainingConfig(gpus=8, sharding=sharding, offload=offload))
+    assert on_gpu.gradients > 0 and on_gpu.optimizer > 0
+    assert est.optimizer == 0 and est.gradients == 0 and est.total < on_gpu.total
+    assert any("gradients offloaded" in n for n in est.notes)
+
+
 def test_lora_trains_a_sliver_and_qlora_stores_the_base_in_about_four_bits() -> None:
     full = estimate_training(LLAMA_8B, H100, TrainingConfig())
     lora = estimate_training(LLAMA_8B, H100, TrainingConfig(mode=TrainMode.LORA, lora_rank=16))
