@@ -76,7 +76,7 @@ def test_replicas_share_the_model_cache_and_a_drain_evicts_them_one_at_a_time(
         "hostPath": {"path": str(tmp_path / "cache"), "type": "DirectoryOrCreate"}}})
     core.create_namespaced_secret(ns, {"metadata": {"name": "hf"},
                                        "data": {"token": base64.b64encode(TOKEN.encode()).decode()}})
-    body = tiny_llmdeployment("vllm", vllm={
+    body = tiny_llmdeployment("vllm", compile_cache=False, vllm={  # the model cache holds the compile cache
         "extraArgs": ["--skip-tokenizer-init", "--dtype", "bfloat16"],  # real weights this time
         "env": [{"name": "HF_ENDPOINT", "value": mirror.url}]})
     body["spec"]["model"].update({"name": REPO_ID, "hfTokenSecret": {"name": "hf"},

@@ -166,3 +166,25 @@ def test_a_group_counts_as_its_worst_pod_and_only_its_leader_is_scraped() -> Non
     assert (view.unschedulable, view.unschedulable_reason) == (1, "0/4 nodes: 4 Insufficient")
     assert view.failed == 1
     assert list(pod_failures(pods)) == ["pod oom-0-1 container vllm: OOMKilled"]  # named by the pod that failed
+
+
+def test_a_leader_that_failed_to_start_is_recorded_though_its_worker_runs() -> None:
+    from kvscale.operator.reconcile import spec_hash
+    from kvscale.operator.startup_failures import StartupCause, StartupFailure
+    from kvscale.operator.startup_replan import new_failure
+
+    rec = reconcile("r1", "ns", "u", 1, r1(), {}, H100_NODES, CAT, T0, multi_node=True)
+    status = applied(rec)
+    leader, worker = _group_pod("r1-lws-0", "g0", "leader", ready=False, waiting="CrashLoopBackOff"), \
+        _group_pod("r1-lws-0-1", "g0", "worker")  # a worker has no readiness probe: Ready once running
+    for p in (leader, worker):
+        p["metadata"]["annotations"] = {"kvscale.io/plan-hash": status["planHash"]}
+    cause = StartupFailure(StartupCause.KV_TOO_SMALL, "ValueError: To serve at least one request ...", 16384, 1.0,
+                           0.5, 1000)
+    record = new_failure([leader, worker], {"r1-lws-0": cause}, status, spec_hash(r1()), at(200))
+    assert record is not None and record["planHash"] == status["planHash"]
+    # a group whose leader has served: its worker's failure is at run time, not the plan's
+    broken = _group_pod("r1-lws-0-1", "g0", "worker", ready=False, waiting="CrashLoopBackOff")
+    broken["metadata"]["annotations"] = worker["metadata"]["annotations"]
+    assert new_failure([leader, broken], {"r1-lws-0-1": cause}, status, spec_hash(r1()), at(200),
+                       served={"r1-lws-0"}) is None

@@ -260,6 +260,12 @@ def test_a_restarted_operator_keeps_the_burst_memory_and_scale_down_period_it_re
     through_status = closed_loop(spec, {60, 300}, 1500, restart_at=600,
                                  restarted=lambda s: recalled(remembered(s), PolicyState()))
     assert through_status == kept
+    # restarted in the middle of one burst: the queue windows start afresh (it grows further than it would
+    # have), but it is still one burst, not a second one whose memory would hold that size for 900 s
+    mid = closed_loop(spec, {60, 75, 90}, 1500, restart_at=75,
+                      restarted=lambda s: recalled(remembered(s), PolicyState()))
+    peak = max(n for _, n in mid)
+    assert min(n for t, n in mid if 180 <= t < 900) < peak, mid
     # with nothing recorded, the new process forgets the bursts and shrinks the fleet inside the memory
     forgot = closed_loop(spec, {60, 300}, 1500, restart_at=600)
     held = max(n for t, n in kept if t >= 600)

@@ -3,8 +3,9 @@
 A new operator process starts with empty windows, which is safe: it waits one window before any scale-down.
 What is not safe to forget is what spans more than a window: when the fleet last shrank (the scale-down
 period counts from it), a panic in progress, and the burst memory (recurring queue bursts keep the fleet
-they grew to). Those go into ``status.autoscaler`` after every decision and come back from it when the
-operator meets an object it holds no state for.
+they grew to; the last time queues drove growth tells a burst in progress from a new one). Those go into
+``status.autoscaler`` after every decision and come back from it when the operator meets an object it holds
+no state for.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def remembered(state: PolicyState) -> dict[str, Any]:
         out["lastScaleDownTime"] = _t(state.last_down_t)
     if state.panic_until is not None:
         out["panicUntil"] = _t(state.panic_until)
+    if state.pressure_t is not None:
+        out["lastQueuePressureTime"] = _t(state.pressure_t)
     if state.bursts:
         out["burstTimes"] = [_t(b) for b in state.bursts[-MAX_ENTRIES:]]
     if state.burst_sizes:
@@ -62,6 +65,7 @@ def recalled(record: dict[str, Any] | None, state: PolicyState) -> PolicyState:
             state,
             last_down_t=_float(record.get("lastScaleDownTime")),
             panic_until=_float(record.get("panicUntil")),
+            pressure_t=_float(record.get("lastQueuePressureTime")),
             bursts=tuple(float(b) for b in record.get("burstTimes") or []),
             burst_sizes=tuple(Sample(float(s["time"]), float(s["replicas"]))
                               for s in record.get("burstReplicas") or []),

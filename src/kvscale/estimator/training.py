@@ -326,10 +326,13 @@ def _states(spec: ModelSpec, cfg: TrainingConfig, adapters: bool) -> tuple[int, 
     grads = trainable * share * g_b / shard_grad
     opt = (trainable * master_b + _optimizer_bytes(spec, cfg, trainable, state_b)) * share / shard_opt
     if cfg.offload is not Offload.NONE:
-        # the optimizer steps on the host, so the gradients go there too: ZeRO-Offload moves each reduced
-        # gradient partition to host memory, and FSDP's CPUOffload(offload_params=True) keeps parameters
-        # and gradients on the CPU (the reduce buckets in flight are counted with the overheads)
-        opt = grads = 0.0
+        opt = 0.0
+        if cfg.sharding is not Sharding.ZERO1:
+            # the optimizer steps on the host, so partitioned gradients go there too: ZeRO-Offload moves each
+            # reduced gradient partition to host memory, and FSDP's CPUOffload(offload_params=True) keeps
+            # parameters and gradients on the CPU (the reduce buckets in flight are counted with the
+            # overheads); ZeRO-1 does not partition gradients, so the whole set is on the GPU during backward
+            grads = 0.0
     if cfg.offload is Offload.PARAMS:
         weights = 0.0
     return trainable, weights, grads, opt
@@ -343,7 +346,8 @@ def estimate_training(spec: ModelSpec, gpu: GPUType, cfg: TrainingConfig) -> Tra
     notes: list[str] = []
     trainable, weights, grads, opt = _states(spec, cfg, cfg.adapters)
     if cfg.offload is not Offload.NONE:
-        notes.append("optimizer states, master weights and gradients offloaded to host memory")
+        notes.append("optimizer states and master weights offloaded to host memory"
+                     + ("" if cfg.sharding is Sharding.ZERO1 else ", gradients too"))
     # gathered weights of sharded set-ups, in 16 bits (fp32 under AMP)
     gather_b = FP32 if cfg.precision is Precision.AMP else 2
     layer_params = max(sum(m.params for m in layer_matrices(spec, i)) for i in range(spec.num_layers)) / \

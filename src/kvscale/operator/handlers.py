@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -778,8 +779,8 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
                     pending=pending, unschedulable=view.unschedulable,
                     unschedulable_reason=view.unschedulable_reason, failed=view.failed, errors=errors)
     # an object this process holds no state for (a restart, a new leader): what the last decision kept
-    state = STATE.policy.get(key) or recalled(status.get("autoscaler"), PolicyState())
-    state, decision = decide(snap, state, policy_spec(spec.autoscaling))
+    before = STATE.policy.get(key) or recalled(status.get("autoscaler"), PolicyState())
+    state, decision = decide(snap, before, policy_spec(spec.autoscaling))
     act = spec.autoscaling.activation
     activation_error = ""
     if act is not None and (decision.current == 0 or decision.desired == 0):
@@ -830,6 +831,9 @@ def autoscale(body: dict[str, Any], key: tuple[str, str]) -> None:
     if changes and not dry:  # raises on failure: then neither the policy state nor the status moves
         client.CustomObjectsApi(api).patch_namespaced_custom_object_scale(
             GROUP, VERSION, ns, PLURAL, name, {"spec": {"replicas": decision.desired}}, field_manager=FIELD_MANAGER)
+    if not (changes and not dry and decision.desired < current):
+        # a scale-down that did not happen (dry run, or the activation kept a replica) starts no period
+        state = replace(state, last_down_t=before.last_down_t)
     STATE.policy[key] = state  # committed once what it records (a scale-down time, panic) has happened
     kept = remembered(state)
     if kept != (status.get("autoscaler") or {}):

@@ -412,13 +412,15 @@ class TooSmall(_Model):
 
 
 class AutoscalerRecord(_Model):
-    """What the autoscaler keeps beyond one window, so that a restarted operator or a new leader decides as
-    the last one would. Times are Unix seconds."""
+    """What the autoscaler keeps beyond one window (Unix seconds): a new leader decides as the last would."""
 
     last_scale_down_time: float | None = Field(default=None, alias="lastScaleDownTime", description=(
         "The last scale-down: the next waits autoscaling.scaleDownPeriodSeconds from it."))
     panic_until: float | None = Field(default=None, alias="panicUntil", description=(
         "Until when a panic (a burst beyond the fleet) holds scale-down."))
+    last_queue_pressure_time: float | None = Field(default=None, alias="lastQueuePressureTime", description=(
+        "The last time queues asked for more replicas than memory: pressure within a minute of it is the same "
+        "burst, not a new one."))
     burst_times: list[float] = Field(default_factory=list, alias="burstTimes", max_length=64, description=(
         "When episodes of queue-driven growth began (autoscaling.burstMemorySeconds)."))
     burst_replicas: list[BurstReplicas] = Field(default_factory=list, alias="burstReplicas", max_length=64,

@@ -15,7 +15,7 @@ from typing import Any
 from ..estimator.gpus import GIB
 from ..estimator.planner import SUGGEST_MAX_NODES, TP_DEGREES, layout_key
 from ..estimator.quantization import Quantization
-from .render import PLAN_HASH_ANNOTATION
+from .render import LWS_GROUP_KEY, PLAN_HASH_ANNOTATION, ROLE_LABEL, WORKER
 from .startup_failures import StartupCause, StartupFailure
 
 MAX_STARTUP_REPLANS = 3
@@ -86,15 +86,24 @@ def new_failure(pods: list[dict[str, Any]], causes: dict[str, StartupFailure], s
 
     ``pods``: those of the current pod template. A pod that has served (``served``) failed at run time, not at
     start; and while any replica of the plan is Ready the layout runs, so one failing replica (a bad node,
-    a runtime OOM) is that replica's trouble, not the plan's."""
+    a runtime OOM) is that replica's trouble, not the plan's. A multi-node group is a replica through its
+    leader: its workers have no readiness of their own (Ready once running), and a worker of a group whose
+    leader has served failed at run time too."""
     plan, plan_hash = status.get("plan"), status.get("planHash")
     if not plan or not plan_hash or any(r.get("planHash") == plan_hash
                                          for r in for_spec(status.get("startupFailures"), spec_hash)):
         return None
-    if any(_ready(p) for p in pods):
+
+    def labels(p: dict[str, Any]) -> dict[str, str]:
+        return p["metadata"].get("labels") or {}
+
+    replicas = [p for p in pods if labels(p).get(ROLE_LABEL) != WORKER]
+    if any(_ready(p) for p in replicas):
         return None
+    served_groups = {labels(p).get(LWS_GROUP_KEY) for p in replicas if p["metadata"]["name"] in served}
     for pod in pods:
-        if pod["metadata"]["name"] in served:
+        worker = labels(pod).get(ROLE_LABEL) == WORKER
+        if pod["metadata"]["name"] in served or (worker and labels(pod).get(LWS_GROUP_KEY) in served_groups):
             continue
         meta = pod["metadata"]
         cause = causes.get(meta["name"])

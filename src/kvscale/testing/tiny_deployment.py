@@ -48,6 +48,18 @@ def _compile_cache() -> dict[str, Any]:
             "volumeMounts": [{"name": "vllm-cache", "mountPath": COMPILE_CACHE_MOUNT}]}
 
 
+LIST_FIELDS = ("env", "volumes", "volumeMounts")
+
+
+def _merged(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` over ``base``; the list fields are joined (a caller's env adds to the compile cache's)."""
+    out = {**base, **given}
+    for k in LIST_FIELDS:
+        if k in base and k in given:
+            out[k] = [*base[k], *given[k]]
+    return out
+
+
 def tiny_llmdeployment(name: str, gpu: str = "L4", vllm: dict[str, Any] | None = None, compile_cache: bool = True,
                        **autoscaling: Any) -> dict[str, Any]:
     """``compile_cache``: mount the host's compile cache (off: every pod compiles, as on a fresh node)."""
@@ -62,6 +74,6 @@ def tiny_llmdeployment(name: str, gpu: str = "L4", vllm: dict[str, Any] | None =
             "autoscaling": {"minReplicas": 1, "maxReplicas": 2, **autoscaling},
             "vllm": {"extraArgs": ["--load-format", "dummy", "--skip-tokenizer-init", "--dtype", "bfloat16"],
                      "resources": {"requests": {"cpu": CPU_REQUEST, "memory": MEMORY_REQUEST}},
-                     **(_compile_cache() if compile_cache else {}), **(vllm or {})},
+                     **_merged(_compile_cache() if compile_cache else {}, vllm or {})},
         },
     }
