@@ -239,6 +239,11 @@ class MetricsFaultReport:
     phases: dict[str, dict[str, Any]] = field(default_factory=dict)  # phase -> replicas seen, MetricsAvailable
 
 
+#: for the first healthy read of two fresh replicas: created, scheduled, Ready, scraped (90 s was missed once
+#: right after the control-plane outage scenario, with the session's operator catching up)
+HEALTHY_READ_S = 180
+
+
 def metrics_faults(api: Any, ns: str, interval_s: float, ticks: int = 3, closed_port: int = 9) -> MetricsFaultReport:
     """Replicas must hold while metrics are garbage, slow, or gone; an idle model whose activation query
     fails must not go to zero."""
@@ -265,9 +270,20 @@ def metrics_faults(api: Any, ns: str, interval_s: float, ticks: int = 3, closed_
             "guarded", replicas=1, minReplicas=0, maxReplicas=2, scaleDownStabilizationSeconds=0,
             metrics={"type": "pod", "prometheusURL": dead},
             activation={"query": "sum(gateway_requests_waiting)", "threshold": 0}))
-        wait_for(lambda: "read 2 replica" in _condition(_get(api, ns, "faulty"), "MetricsAvailable").get(
-            "message", ""), 90, "both replicas of faulty read while healthy",
-            not_yet=lambda e: isinstance(e, ApiException))
+        seen_message: list[str] = [""]
+
+        def both_read() -> bool:
+            seen_message[0] = _condition(_get(api, ns, "faulty"), "MetricsAvailable").get("message", "")
+            return "read 2 replica" in seen_message[0]
+
+        try:  # the suite runs last, on a control plane still collecting what earlier tests left
+            wait_for(both_read, HEALTHY_READ_S, "both replicas of faulty read while healthy",
+                     not_yet=lambda e: isinstance(e, ApiException))
+        except AssertionError as exc:
+            pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector="kvscale.io/llmdeployment=faulty")
+            raise AssertionError(
+                f"{exc}; MetricsAvailable said {seen_message[0]!r}; pages served on {sorted(pages.servers)}; pods "
+                f"{[(p.metadata.name, p.status.phase, p.status.pod_ip) for p in pods.items]}") from exc
         # from here on a misread (garbage or silence taken for an idle fleet) would scale down at once
         custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "faulty", {
             "spec": {"autoscaling": {"scaleDownStabilizationSeconds": 0}}})
