@@ -281,9 +281,10 @@ def metrics_faults(api: Any, ns: str, interval_s: float, ticks: int = 3, closed_
                      not_yet=lambda e: isinstance(e, ApiException))
         except AssertionError as exc:
             pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector="kvscale.io/llmdeployment=faulty")
-            raise AssertionError(
-                f"{exc}; MetricsAvailable said {seen_message[0]!r}; pages served on {sorted(pages.servers)}; pods "
-                f"{[(p.metadata.name, p.status.phase, p.status.pod_ip) for p in pods.items]}") from exc
+            found = [(d["metadata"]["name"], d.get("status", {}).get("phase"), d.get("status", {}).get("podIP"))
+                     for d in (api.sanitize_for_serialization(p) for p in pods.items)]
+            raise AssertionError(f"{exc}; MetricsAvailable said {seen_message[0]!r}; pages served on "
+                                 f"{sorted(pages.servers)}; pods {found}") from exc
         # from here on a misread (garbage or silence taken for an idle fleet) would scale down at once
         custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "faulty", {
             "spec": {"autoscaling": {"scaleDownStabilizationSeconds": 0}}})
