@@ -71,7 +71,21 @@ async def stream_completion(http: httpx.AsyncClient, url: str, req: RequestResul
         "stream": True, "stream_options": {"include_usage": True}}
     if stream_interval > 1:
         body["stream_interval"] = stream_interval
-    req.sent = time.monotonic() - t0
+    for _ in range(1 + TRANSPORT_RETRIES):
+        req.sent = time.monotonic() - t0
+        req.error = None
+        await _stream(http, url, body, req, t0)
+        # a connection the pool reused that the server had just dropped: nothing reached the engine yet
+        if not (req.error and req.error.startswith(TRANSPORT_ERRORS) and math.isnan(req.first_token)):
+            break
+
+
+#: connection-level failures before any token came back, which the load client sends again once
+TRANSPORT_ERRORS = ("ReadError", "RemoteProtocolError", "ConnectError", "WriteError")
+TRANSPORT_RETRIES = 1
+
+
+async def _stream(http: httpx.AsyncClient, url: str, body: dict[str, Any], req: RequestResult, t0: float) -> None:
     last = b""
     try:
         async with http.stream("POST", f"{url}/v1/completions", json=body) as r:
@@ -87,7 +101,8 @@ async def stream_completion(http: httpx.AsyncClient, url: str, req: RequestResul
         usage = json.loads(last).get("usage") or {}
         req.completion_tokens = int(usage.get("completion_tokens", 0))
     except (httpx.HTTPError, ValueError) as exc:
-        req.error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        when = "before the first token" if math.isnan(req.first_token) else "while streaming"
+        req.error = f"{type(exc).__name__}: {str(exc)[:200]} ({when}, request {req.rid})"
 
 
 async def replay_real(url: str, reqs: Sequence[Request], sample_every: float = 0.25, timeout_s: float | None = None,
