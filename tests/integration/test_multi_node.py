@@ -122,7 +122,9 @@ def test_deepseek_r1_runs_as_groups_of_two_nodes_scales_by_group_and_restarts_a_
     (group,) = one.values()
     leader = next(p for p in group if p.metadata.labels["kvscale.io/role"] == "leader")
     worker = next(p for p in group if p.metadata.labels["kvscale.io/role"] == "worker")
-    client.CoreV1Api(api).delete_namespaced_pod(worker.metadata.name, namespace, grace_period_seconds=0)
+    # an ordinary delete: the pod is marked, and LWS reads the mark. A forced one (grace 0) is gone before
+    # LWS's reconcile reads it, and the worker StatefulSet's replacement hides it (no group restart)
+    client.CoreV1Api(api).delete_namespaced_pod(worker.metadata.name, namespace)
 
     def leader_replaced() -> bool:
         now = {p.metadata.name: p.metadata.uid for p in pods(api, namespace, "r1")}
