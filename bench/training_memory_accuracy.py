@@ -121,7 +121,9 @@ def config(r: dict[str, Any]) -> TrainingConfig | str:
                               seq_len=int(r.get("seq_len") or 2048), checkpointing=ckpt,
                               gradient_accumulation=int(r.get("grad_accumulation") or 1), lora_targets=targets,
                               eager_attention=r.get("attention") == "eager",
-                              lora_rank=int(r.get("lora_rank") or 8))
+                              lora_rank=int(r.get("lora_rank") or 8),
+                              tensor_parallel=int(r.get("tensor_parallel") or 1),
+                              sequence_parallel=bool(r.get("sequence_parallel")))
     except ValueError as exc:
         return f"set-up not representable: {exc}"
 
